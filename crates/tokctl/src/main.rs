@@ -1,1 +1,106 @@
-fn main() {}
+//! `tokctl`: the thin client of the tokctl token agent. It talks HTTP/1.1 to `tokctld`
+//! over a Unix socket (starting the daemon when needed) and prints what it answers.
+
+mod autostart;
+mod browser;
+mod cli;
+mod commands;
+mod conn;
+mod input;
+mod login;
+mod output;
+
+use clap::Parser;
+use cli::{Cli, Command, SecretCommand};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tokctl_proto::{ApiError, ErrorCode, LoginEvent};
+
+/// A failed command: its error, and whether the error is already on stdout as JSON.
+pub struct Failure {
+    /// What went wrong; its code gives the exit code.
+    pub error: ApiError,
+    /// True when the command already printed the error in its JSON output.
+    pub json_shown: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure {
+            error,
+            json_shown: false,
+        }
+    }
+}
+
+/// How a command reports errors on stdout besides the stderr line.
+#[derive(Clone, Copy)]
+enum JsonErrors {
+    None,
+    /// The `ApiError` object (`get --format json`, `status --json`).
+    Api,
+    /// A `{"event":"error",…}` line (`login --json`).
+    LoginEvent,
+}
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors and 0 for --help/--version.
+    let cli = Cli::parse();
+    let status_json = match &cli.command {
+        Command::Status(s) => s.json || !std::io::stdout().is_terminal(),
+        _ => false,
+    };
+    let json_errors = match &cli.command {
+        Command::Get(g) if g.format == cli::Format::Json => JsonErrors::Api,
+        Command::Status(_) if status_json => JsonErrors::Api,
+        Command::Login(l) if l.json => JsonErrors::LoginEvent,
+        _ => JsonErrors::None,
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| ApiError::new(ErrorCode::Other, format!("cannot start: {e}")).into())
+        .and_then(|rt| rt.block_on(run(&cli, status_json)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            report(&f, json_errors);
+            ExitCode::from(f.error.error.exit_code())
+        }
+    }
+}
+
+async fn run(cli: &Cli, status_json: bool) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Get(args) => commands::get(args).await,
+        Command::Login(args) => login::run(args).await,
+        Command::Logout(args) => commands::logout(args).await,
+        Command::Status(_) => {
+            let color = output::use_color(std::io::stdout().is_terminal());
+            commands::status(status_json, color).await
+        }
+        Command::Secret {
+            command: SecretCommand::Set { profile },
+        } => commands::secret_set(profile).await,
+    }
+}
+
+/// One line on stderr, and the JSON form on stdout where the command speaks JSON.
+fn report(f: &Failure, json: JsonErrors) {
+    eprintln!("{}", output::error_line(&f.error));
+    if f.json_shown {
+        return;
+    }
+    let text = match json {
+        JsonErrors::None => return,
+        JsonErrors::Api => serde_json::to_string(&f.error),
+        JsonErrors::LoginEvent => serde_json::to_string(&LoginEvent::Error {
+            error: f.error.error,
+            message: f.error.message.clone(),
+        }),
+    };
+    if let Ok(text) = text {
+        let _ = output::write_stdout(&format!("{text}\n"));
+    }
+}

@@ -1,1 +1,216 @@
-fn main() {}
+//! `tokctld`: the tokctl daemon. Runs in the foreground; systemd, launchd or the
+//! `tokctl` client start it.
+
+mod clock;
+mod config;
+mod engine;
+mod login;
+mod secrets;
+mod server;
+mod socket;
+
+use clap::Parser;
+use config::{Config, StoreKind};
+use engine::Engine;
+use secrets::Secrets;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokctl_store::Backend;
+
+/// tokctld: keeps OAuth refresh tokens in the OS keychain and serves fresh access tokens
+/// to `tokctl` over a Unix socket.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: $TOKCTL_CONFIG, else $XDG_CONFIG_HOME/tokctl/config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket path (default: $TOKCTL_SOCKET, else $XDG_RUNTIME_DIR/tokctl/tokctld.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TOKCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // journald adds its own timestamps, and colour codes only clutter the journal.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+}
+
+/// Keeps secrets out of core dumps and away from same-uid debuggers (Linux).
+fn harden() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{setrlimit, DumpableBehavior, Resource, Rlimit};
+        let _ = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+        let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    harden();
+    let uid = rustix::process::getuid().as_raw();
+    let Some(config_path) = args.config.or_else(tokctl_proto::config_path) else {
+        eprintln!("tokctld: neither TOKCTL_CONFIG nor HOME is set; cannot find the config file");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokctld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket_path = args.socket.unwrap_or_else(|| tokctl_proto::socket_path(uid));
+    let bound = match socket::bind(&socket_path, uid) {
+        Ok(b) => b,
+        Err(e @ socket::SocketError::AlreadyRunning(_)) => {
+            // Not an error: the client that started us will find the running daemon.
+            eprintln!("tokctld: {e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tokctld: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokctld: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(serve(config, &config_path, &bound, uid));
+    bound.remove();
+    tracing::info!("stopped");
+    code
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// Forwards SIGTERM/SIGINT/SIGHUP from signal-hook's thread into the runtime.
+fn signals() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut sigs = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for s in sigs.forever() {
+            let msg = if s == SIGHUP { Signal::Reload } else { Signal::Stop };
+            if tx.send(msg).is_err() {
+                break;
+            }
+        }
+    })?;
+    Ok(rx)
+}
+
+fn reloader(engine: Arc<Engine>, path: PathBuf) -> impl Fn() -> Result<usize, String> + Send + Sync {
+    move || match Config::load(&path) {
+        Ok(c) => {
+            let n = c.profiles.len();
+            if c.store != engine.config().store {
+                tracing::warn!("`store` changed; restart tokctld for it to take effect");
+            }
+            engine.replace_config(c);
+            tracing::info!(profiles = n, "config reloaded");
+            Ok(n)
+        }
+        Err(e) => {
+            tracing::error!("config not reloaded, keeping the previous one: {e}");
+            Err(e.to_string())
+        }
+    }
+}
+
+async fn serve(config: Config, config_path: &Path, bound: &socket::BoundSocket, uid: u32) -> ExitCode {
+    let backend = match config.store {
+        StoreKind::Keychain => Backend::Keychain,
+        StoreKind::File => Backend::File(secrets::file_store_path()),
+    };
+    let engine = Engine::new(config, Secrets::new(backend));
+    let reload = reloader(engine.clone(), config_path.to_path_buf());
+    let mut sig = match signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tokctld: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let std_listener = match bound.listener.try_clone().and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tokctld: socket: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match tokio::net::UnixListener::from_std(std_listener) {
+        Ok(l) => socket::PeerCheckedListener::new(l, uid),
+        Err(e) => {
+            eprintln!("tokctld: socket: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let state = Arc::new(server::AppState {
+        engine: engine.clone(),
+        reload: Box::new(reloader(engine.clone(), config_path.to_path_buf())),
+    });
+    tokio::spawn(engine.clone().run_scheduler());
+    tracing::info!(socket = %bound.path.display(), version = tokctl_proto::VERSION, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grace_rx = stop_rx.clone();
+    tokio::spawn(async move {
+        while let Some(s) = sig.recv().await {
+            match s {
+                Signal::Reload => {
+                    let _ = reload();
+                }
+                Signal::Stop => {
+                    tracing::info!("shutting down");
+                    let _ = stop_tx.send(true);
+                    break;
+                }
+            }
+        }
+    });
+    let app = server::router(state);
+    let mut stop_rx = stop_rx;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    // In-flight requests get a few seconds; a login still waiting for a user does not
+    // hold the shutdown hostage.
+    let res = tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = grace_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => Ok(()),
+    };
+    if let Err(e) = res {
+        tracing::error!("server failed: {e}");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

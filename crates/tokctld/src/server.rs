@@ -1,0 +1,118 @@
+//! The `/v1` HTTP API over the Unix socket.
+
+use crate::engine::Engine;
+use crate::login;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokctl_proto::{
+    ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest, OkResponse, SecretRequest,
+    TokenQuery, MAX_REQUEST_BYTES,
+};
+
+/// Shared state of the API handlers.
+pub struct AppState {
+    /// The token engine.
+    pub engine: Arc<Engine>,
+    /// Reloads the config from disk (also used by SIGHUP).
+    pub reload: Box<dyn Fn() -> Result<usize, String> + Send + Sync>,
+}
+
+/// An API error as an HTTP response.
+pub struct ApiFailure(pub ApiError);
+
+impl From<ApiError> for ApiFailure {
+    fn from(e: ApiError) -> Self {
+        ApiFailure(e)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiFailure>;
+
+/// Parses a JSON body into `T`, answering malformed input with one clear line.
+fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, ApiFailure> {
+    serde_json::from_slice(b).map_err(|e| {
+        // serde_json's message names the field and position, never the value of a secret.
+        ApiFailure(ApiError::new(ErrorCode::Usage, format!("malformed request body: {e}")))
+    })
+}
+
+/// The router with every `/v1` endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/token", get(token))
+        .route("/v1/status", get(status))
+        .route("/v1/secret", post(secret))
+        .route("/v1/login", post(login_handler))
+        .route("/v1/logout", post(logout))
+        .route("/v1/invalidate", post(invalidate))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            ApiFailure(ApiError::new(ErrorCode::Usage, "unknown endpoint; see docs/protocol.md"))
+        })
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+async fn token(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiResult<tokctl_proto::TokenResponse> {
+    let q = TokenQuery::from_query_string(q.as_deref().unwrap_or(""))?;
+    Ok(Json(st.engine.token(&q).await?))
+}
+
+async fn status(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::StatusResponse> {
+    Json(st.engine.status().await)
+}
+
+async fn secret(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<OkResponse> {
+    let req: SecretRequest = body(&b)?;
+    if req.secret.is_empty() {
+        return Err(ApiError::new(ErrorCode::Usage, "the secret is empty").into());
+    }
+    let profile = req.profile.clone();
+    st.engine.set_secret(&profile, SecretString::from(req.secret)).await?;
+    Ok(Json(OkResponse {
+        message: format!("client secret for profile {profile} stored in the {}", st.engine.secrets.describe().await),
+    }))
+}
+
+async fn login_handler(State(st): State<Arc<AppState>>, b: Bytes) -> Result<Response, ApiFailure> {
+    let req: LoginRequest = body(&b)?;
+    let stream = login::start(st.engine.clone(), req)?;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+async fn logout(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<tokctl_proto::LogoutResponse> {
+    let req: LogoutRequest = body(&b)?;
+    Ok(Json(login::logout(&st.engine, &req.profile, req.revoke).await?))
+}
+
+async fn invalidate(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<InvalidateResponse> {
+    let req: InvalidateRequest = if b.is_empty() { InvalidateRequest::default() } else { body(&b)? };
+    let dropped = st.engine.invalidate(req.profile.as_deref(), req.access_token.as_deref())?;
+    Ok(Json(InvalidateResponse { dropped }))
+}
+
+async fn reload(State(st): State<Arc<AppState>>) -> ApiResult<OkResponse> {
+    match (st.reload)() {
+        Ok(n) => Ok(Json(OkResponse {
+            message: format!("config reloaded: {n} profile(s)"),
+        })),
+        Err(m) => Err(ApiError::new(ErrorCode::Config, format!("{m} (kept the previous config)")).into()),
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, build, then every test of the workspace
+# (unit tests and the end-to-end tests in tests/, which need the binaries built first).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# The end-to-end tests start the local IdP (tests/idp), which needs its node modules.
+if [ ! -d tests/idp/node_modules/oidc-provider ]; then
+    step "npm ci --prefix tests/idp"
+    npm ci --prefix tests/idp --no-audit --no-fund
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The end-to-end tests run these binaries from target/<profile>/; `cargo test` alone
+# does not build the binaries of other packages.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --workspace"
+    cargo nextest run --workspace "$@"
+else
+    step "cargo test --workspace (cargo-nextest not installed)"
+    cargo test --workspace "$@"
+fi
