@@ -261,7 +261,9 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 
 /// The proxy for https requests from `HTTPS_PROXY`/`ALL_PROXY`. Plain http (loopback only) and
 /// loopback https never go through a proxy: a proxy must not see an unencrypted token request.
-pub(crate) fn https_proxy_url(env: impl Fn(&str) -> Option<String>) -> Result<Option<Url>, OAuthError> {
+pub(crate) fn https_proxy_url(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Url>, OAuthError> {
     let raw = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
         .iter()
         .find_map(|k| env(k).filter(|v| !v.trim().is_empty()));
@@ -468,7 +470,10 @@ impl OAuthClient {
         client: &ClientAuth,
         mut form: Form,
     ) -> Result<Reply, OAuthError> {
-        let mut req = self.http.post(t.url.clone()).header(ACCEPT, "application/json");
+        let mut req = self
+            .http
+            .post(t.url.clone())
+            .header(ACCEPT, "application/json");
         match &client.method {
             AuthMethod::None => {
                 form.pair("client_id", &client.client_id);
@@ -488,7 +493,10 @@ impl OAuthClient {
     }
 
     pub(crate) async fn get(&self, t: &Target<'_>) -> Result<Reply, OAuthError> {
-        let req = self.http.get(t.url.clone()).header(ACCEPT, "application/json");
+        let req = self
+            .http
+            .get(t.url.clone())
+            .header(ACCEPT, "application/json");
         self.execute(t, req).await
     }
 
@@ -513,7 +521,8 @@ impl OAuthClient {
                 .and_then(|v: &HeaderValue| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let retry_after =
+            header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now()));
         let content_type = header(CONTENT_TYPE);
         let body = self.read_capped(t, &mut resp).await?;
         Ok(Reply {
@@ -564,8 +573,7 @@ impl OAuthClient {
         if e.is_timeout() {
             return OAuthError::transient(format!(
                 "{} did not answer within {:?}",
-                t.label,
-                self.timeout
+                t.label, self.timeout
             ));
         }
         if e.is_connect() {
@@ -688,7 +696,10 @@ mod tests {
         assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(120))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(120));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
@@ -699,10 +710,14 @@ mod tests {
     #[test]
     fn proxy_only_for_remote_https() {
         let env: HashMap<&str, &str> = [("https_proxy", "proxy.corp:3128")].into();
-        let url = https_proxy_url(|k| env.get(k).map(|v| v.to_string())).unwrap().unwrap();
+        let url = https_proxy_url(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap()
+            .unwrap();
         assert_eq!(url.as_str(), "http://proxy.corp:3128/");
         let none: HashMap<&str, &str> = [("HTTPS_PROXY", "  ")].into();
-        assert!(https_proxy_url(|k| none.get(k).map(|v| v.to_string())).unwrap().is_none());
+        assert!(https_proxy_url(|k| none.get(k).map(|v| v.to_string()))
+            .unwrap()
+            .is_none());
         let bad: HashMap<&str, &str> = [("ALL_PROXY", "http://[::1")].into();
         assert!(matches!(
             https_proxy_url(|k| bad.get(k).map(|v| v.to_string())),
@@ -730,9 +745,18 @@ mod tests {
         let t = Target::new(Ep::Token, &url).unwrap();
         let classify = |status, body: &str| grant_json(&t, &reply(status, body, Some(7)));
 
-        let e = classify(400, r#"{"error":"invalid_grant","error_description":"gone\u001b[2J"}"#).unwrap_err();
+        let e = classify(
+            400,
+            r#"{"error":"invalid_grant","error_description":"gone\u001b[2J"}"#,
+        )
+        .unwrap_err();
         match &e {
-            OAuthError::Protocol { code, description, status, endpoint } => {
+            OAuthError::Protocol {
+                code,
+                description,
+                status,
+                endpoint,
+            } => {
                 assert_eq!(*code, OAuthErrorCode::InvalidGrant);
                 assert_eq!(description.as_deref(), Some("gone\\u{1b}[2J"));
                 assert_eq!(*status, 400);
@@ -740,23 +764,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(classify(401, r#"{"error":"invalid_client"}"#), Err(OAuthError::Protocol { status: 401, .. })));
+        assert!(matches!(
+            classify(401, r#"{"error":"invalid_client"}"#),
+            Err(OAuthError::Protocol { status: 401, .. })
+        ));
         // Auth0 answers device-flow denials with 403, GitHub with 200.
-        assert!(matches!(classify(403, r#"{"error":"access_denied"}"#), Err(OAuthError::Protocol { .. })));
-        assert!(matches!(classify(200, r#"{"error":"authorization_pending"}"#), Err(OAuthError::Protocol { code: OAuthErrorCode::AuthorizationPending, .. })));
+        assert!(matches!(
+            classify(403, r#"{"error":"access_denied"}"#),
+            Err(OAuthError::Protocol { .. })
+        ));
+        assert!(matches!(
+            classify(200, r#"{"error":"authorization_pending"}"#),
+            Err(OAuthError::Protocol {
+                code: OAuthErrorCode::AuthorizationPending,
+                ..
+            })
+        ));
         // 5xx and 429 are transient even with an RFC error body, and keep Retry-After.
-        for (status, body) in [(500, r#"{"error":"invalid_grant"}"#), (503, ""), (429, r#"{"error":"slow_down"}"#), (502, "<html>")] {
+        for (status, body) in [
+            (500, r#"{"error":"invalid_grant"}"#),
+            (503, ""),
+            (429, r#"{"error":"slow_down"}"#),
+            (502, "<html>"),
+        ] {
             let e = classify(status, body).unwrap_err();
-            assert!(matches!(e, OAuthError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7)), "{status}: {e:?}");
+            assert!(
+                matches!(e, OAuthError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
+                "{status}: {e:?}"
+            );
         }
         // Not an RFC error: transient, never a grant-state change.
-        for (status, body) in [(403, "<html>blocked</html>"), (400, r#"{"message":"nope"}"#), (200, "<html>portal</html>"), (404, "")] {
+        for (status, body) in [
+            (403, "<html>blocked</html>"),
+            (400, r#"{"message":"nope"}"#),
+            (200, "<html>portal</html>"),
+            (404, ""),
+        ] {
             let e = classify(status, body).unwrap_err();
             assert!(matches!(e, OAuthError::Transient { .. }), "{status}: {e:?}");
         }
         let e = classify(200, "<html>portal</html>").unwrap_err();
         assert!(e.to_string().contains("not JSON (text/html)"), "{e}");
-        assert!(matches!(classify(200, "[1,2]"), Err(OAuthError::InvalidResponse(_))));
+        assert!(matches!(
+            classify(200, "[1,2]"),
+            Err(OAuthError::InvalidResponse(_))
+        ));
         assert!(classify(200, r#"{"access_token":"x"}"#).is_ok());
     }
 }

@@ -221,11 +221,20 @@ mod tests {
     fn issuer_must_match_exactly() {
         let doc = |iss: &str| json!({"issuer": iss, "token_endpoint": "https://a.test/token"});
         assert!(parse(doc("https://a.test"), "https://a.test").is_ok());
-        for other in ["https://a.test/", "https://A.test", "https://b.test", "http://a.test"] {
+        for other in [
+            "https://a.test/",
+            "https://A.test",
+            "https://b.test",
+            "http://a.test",
+        ] {
             let e = parse(doc(other), "https://a.test").unwrap_err();
             assert!(matches!(e, OAuthError::Discovery(_)), "{other}");
         }
-        let e = parse(json!({"token_endpoint": "https://a.test/token"}), "https://a.test").unwrap_err();
+        let e = parse(
+            json!({"token_endpoint": "https://a.test/token"}),
+            "https://a.test",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("has no issuer"));
     }
 
@@ -269,6 +278,9 @@ mod tests {
         assert!(parse(doc, "https://a.test").is_err());
         let mut doc = base;
         doc.as_object_mut().unwrap().remove("token_endpoint");
-        assert!(parse(doc, "https://a.test").unwrap_err().to_string().contains("no token_endpoint"));
+        assert!(parse(doc, "https://a.test")
+            .unwrap_err()
+            .to_string()
+            .contains("no token_endpoint"));
     }
 }

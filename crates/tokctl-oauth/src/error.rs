@@ -236,7 +236,11 @@ pub fn sanitize_text(text: &str, max_chars: usize) -> String {
         };
         let piece_len = piece.chars().count();
         // Keep room for the ellipsis unless this is the last character.
-        let room = if chars.peek().is_some() { max_chars.saturating_sub(1) } else { max_chars };
+        let room = if chars.peek().is_some() {
+            max_chars.saturating_sub(1)
+        } else {
+            max_chars
+        };
         if len + piece_len > room {
             out.push('…');
             break;
@@ -336,8 +340,14 @@ mod tests {
     #[test]
     fn sanitize_escapes_controls_and_bidi_and_truncates() {
         assert_eq!(sanitize_text("ok text", 200), "ok text");
-        assert_eq!(sanitize_text("a\x1b[2Jb\r\nc", 200), "a\\u{1b}[2Jb\\u{d}\\u{a}c");
-        assert_eq!(sanitize_text("x\u{202e}y\u{9b}z\u{7f}", 200), "x\\u{202e}y\\u{9b}z\\u{7f}");
+        assert_eq!(
+            sanitize_text("a\x1b[2Jb\r\nc", 200),
+            "a\\u{1b}[2Jb\\u{d}\\u{a}c"
+        );
+        assert_eq!(
+            sanitize_text("x\u{202e}y\u{9b}z\u{7f}", 200),
+            "x\\u{202e}y\\u{9b}z\\u{7f}"
+        );
         let long = "é".repeat(300);
         let cut = sanitize_text(&long, 200);
         assert_eq!(cut.chars().count(), 200);

@@ -167,7 +167,10 @@ fn jwks_keys(t: &Target<'_>, reply: &Reply) -> Result<Vec<Jwk>, OAuthError> {
         Body::NotJson => return Err(reply.not_json(t)),
     };
     let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
-        return Err(OAuthError::Discovery(format!("{} has no keys array", t.label)));
+        return Err(OAuthError::Discovery(format!(
+            "{} has no keys array",
+            t.label
+        )));
     };
     Ok(keys
         .iter()
@@ -177,13 +180,14 @@ fn jwks_keys(t: &Target<'_>, reply: &Reply) -> Result<Vec<Jwk>, OAuthError> {
 
 fn describe(kind: &ErrorKind, issuer: &str, client_id: &str) -> String {
     match kind {
-        ErrorKind::InvalidSignature => "ID token signature does not verify with the issuer's keys".into(),
+        ErrorKind::InvalidSignature => {
+            "ID token signature does not verify with the issuer's keys".into()
+        }
         ErrorKind::ExpiredSignature => "ID token has expired".into(),
         ErrorKind::ImmatureSignature => "ID token is not valid yet (nbf in the future)".into(),
-        ErrorKind::InvalidIssuer => format!(
-            "ID token was not issued by {}",
-            sanitize_text(issuer, 200)
-        ),
+        ErrorKind::InvalidIssuer => {
+            format!("ID token was not issued by {}", sanitize_text(issuer, 200))
+        }
         ErrorKind::InvalidAudience => format!(
             "ID token is not meant for client {}",
             sanitize_text(client_id, 100)
@@ -228,8 +232,8 @@ impl OAuthClient {
     ) -> Result<IdClaims, OAuthError> {
         let token = id_token.expose_secret();
         let alg = signing_alg(token)?;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| id_err("ID token header is malformed"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| id_err("ID token header is malformed"))?;
         let t = Target::new(Ep::Jwks, jwks_uri)?;
         let reply = self.get(&t).await?;
         let keys = jwks_keys(&t, &reply)?;
@@ -265,12 +269,18 @@ impl OAuthClient {
                 Err(e) => return Err(id_err(describe(e.kind(), issuer, client_id))),
             }
         }
-        let kind = key_error.map(|e| e.into_kind()).unwrap_or(ErrorKind::InvalidSignature);
+        let kind = key_error
+            .map(|e| e.into_kind())
+            .unwrap_or(ErrorKind::InvalidSignature);
         Err(id_err(describe(&kind, issuer, client_id)))
     }
 }
 
-fn check_claims(c: RawClaims, client_id: &str, nonce: Option<&str>) -> Result<IdClaims, OAuthError> {
+fn check_claims(
+    c: RawClaims,
+    client_id: &str,
+    nonce: Option<&str>,
+) -> Result<IdClaims, OAuthError> {
     // OIDC Core §3.1.3.7 items 4 and 5.
     if c.aud.len() > 1 && c.azp.is_none() {
         return Err(id_err("ID token has several audiences but no azp claim"));
@@ -325,7 +335,11 @@ mod tests {
     #[test]
     fn none_and_hmac_are_refused_before_any_key_lookup() {
         for alg in ["none", "HS256", "HS512", "", "RSA-OAEP"] {
-            let token = format!("{}.{}.", b64(&serde_json::json!({"alg": alg})), b64(&serde_json::json!({"sub": "x"})));
+            let token = format!(
+                "{}.{}.",
+                b64(&serde_json::json!({"alg": alg})),
+                b64(&serde_json::json!({"sub": "x"}))
+            );
             let e = signing_alg(&token).unwrap_err();
             assert!(matches!(e, OAuthError::IdToken(_)), "{alg}");
         }
@@ -341,20 +355,56 @@ mod tests {
     #[test]
     fn key_selection_respects_kid_use_alg_and_curve() {
         let ec = |extra: Value| {
-            let mut base = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k1"});
-            base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let mut base =
+                serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k1"});
+            base.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             jwk(base)
         };
-        assert!(key_fits(&ec(serde_json::json!({})), Algorithm::ES256, Some("k1")));
+        assert!(key_fits(
+            &ec(serde_json::json!({})),
+            Algorithm::ES256,
+            Some("k1")
+        ));
         assert!(key_fits(&ec(serde_json::json!({})), Algorithm::ES256, None));
-        assert!(!key_fits(&ec(serde_json::json!({})), Algorithm::ES256, Some("k2")));
-        assert!(!key_fits(&ec(serde_json::json!({})), Algorithm::ES384, Some("k1")));
-        assert!(!key_fits(&ec(serde_json::json!({})), Algorithm::RS256, Some("k1")));
-        assert!(!key_fits(&ec(serde_json::json!({"use": "enc"})), Algorithm::ES256, None));
-        assert!(!key_fits(&ec(serde_json::json!({"alg": "ES384"})), Algorithm::ES256, None));
-        assert!(key_fits(&ec(serde_json::json!({"alg": "ES256", "use": "sig"})), Algorithm::ES256, None));
+        assert!(!key_fits(
+            &ec(serde_json::json!({})),
+            Algorithm::ES256,
+            Some("k2")
+        ));
+        assert!(!key_fits(
+            &ec(serde_json::json!({})),
+            Algorithm::ES384,
+            Some("k1")
+        ));
+        assert!(!key_fits(
+            &ec(serde_json::json!({})),
+            Algorithm::RS256,
+            Some("k1")
+        ));
+        assert!(!key_fits(
+            &ec(serde_json::json!({"use": "enc"})),
+            Algorithm::ES256,
+            None
+        ));
+        assert!(!key_fits(
+            &ec(serde_json::json!({"alg": "ES384"})),
+            Algorithm::ES256,
+            None
+        ));
+        assert!(key_fits(
+            &ec(serde_json::json!({"alg": "ES256", "use": "sig"})),
+            Algorithm::ES256,
+            None
+        ));
         let oct = jwk(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"}));
-        for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+        for alg in [
+            Algorithm::HS256,
+            Algorithm::RS256,
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+        ] {
             assert!(!key_fits(&oct, alg, None));
         }
     }

@@ -127,7 +127,9 @@ mod tests {
     fn verifier_rules_and_redacted_debug() {
         assert!(PkceVerifier::from_secret(SecretString::from("short")).is_err());
         assert!(PkceVerifier::from_secret(SecretString::from("a".repeat(129))).is_err());
-        assert!(PkceVerifier::from_secret(SecretString::from(format!("{}+", "a".repeat(43)))).is_err());
+        assert!(
+            PkceVerifier::from_secret(SecretString::from(format!("{}+", "a".repeat(43)))).is_err()
+        );
         let v = PkceVerifier::from_secret(SecretString::from("A".repeat(43))).unwrap();
         assert!(!format!("{v:?}").contains("AAAA"));
     }
@@ -159,7 +161,11 @@ mod tests {
         );
         let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         let get = |k: &str| -> Vec<&str> {
-            pairs.iter().filter(|(a, _)| a == k).map(|(_, v)| v.as_str()).collect()
+            pairs
+                .iter()
+                .filter(|(a, _)| a == k)
+                .map(|(_, v)| v.as_str())
+                .collect()
         };
         assert_eq!(get("tenant"), ["t1"]);
         assert_eq!(get("response_type"), ["code"]);
@@ -173,8 +179,18 @@ mod tests {
         assert_eq!(get("audience"), ["https://api"]);
         assert_eq!(get("resource"), ["https://r1", "https://r2"]);
 
-        let bare = authorization_url(&endpoint, "cli", "r", &TokenParams::default(), "s", "c", None);
+        let bare = authorization_url(
+            &endpoint,
+            "cli",
+            "r",
+            &TokenParams::default(),
+            "s",
+            "c",
+            None,
+        );
         let keys: Vec<String> = bare.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        assert!(!keys.iter().any(|k| k == "scope" || k == "nonce" || k == "audience" || k == "resource"));
+        assert!(!keys
+            .iter()
+            .any(|k| k == "scope" || k == "nonce" || k == "audience" || k == "resource"));
     }
 }

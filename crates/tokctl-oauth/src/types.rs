@@ -76,8 +76,12 @@ pub struct DeviceAuthorization {
 }
 
 /// Parses a token response body (an already decoded JSON object).
-pub(crate) fn parse_token_set(mut m: Map<String, Value>, what: &str) -> Result<TokenSet, OAuthError> {
-    let bad = |msg: String| OAuthError::InvalidResponse(format!("{what} sent a token response {msg}"));
+pub(crate) fn parse_token_set(
+    mut m: Map<String, Value>,
+    what: &str,
+) -> Result<TokenSet, OAuthError> {
+    let bad =
+        |msg: String| OAuthError::InvalidResponse(format!("{what} sent a token response {msg}"));
     let access_token = take_vschar(&mut m, "access_token")
         .map_err(|e| bad(e.to_string()))?
         .ok_or_else(|| bad("without access_token".into()))?;
@@ -156,8 +160,12 @@ pub(crate) fn parse_device_authorization(
 fn check_verification_uri(s: &str) -> Result<(), String> {
     // The user is sent there to type a code: a phishing-grade hazard if it is not https.
     let url = Url::parse(s).map_err(|_| "with a verification URI that is not a URL".to_string())?;
-    check_url(&url, "verification URI")
-        .map_err(|_| format!("with verification URI {} that is not https", crate::urls::display_url(&url)))
+    check_url(&url, "verification URI").map_err(|_| {
+        format!(
+            "with verification URI {} that is not https",
+            crate::urls::display_url(&url)
+        )
+    })
 }
 
 /// RFC 6749 Appendix A: access-token and refresh-token are 1*VSCHAR (%x20-7E).
@@ -259,7 +267,11 @@ mod tests {
             if !bad.is_empty() {
                 assert!(!e.to_string().contains(bad));
             }
-            let rt = if bad.is_empty() { String::new() } else { format!("RT{bad}") };
+            let rt = if bad.is_empty() {
+                String::new()
+            } else {
+                format!("RT{bad}")
+            };
             let e = parse_token_set(
                 obj(json!({"access_token": "ok", "token_type": "bearer", "refresh_token": rt})),
                 "te",
@@ -290,7 +302,10 @@ mod tests {
         assert_eq!(exp(json!("3600")).unwrap(), Some(3600));
         assert_eq!(exp(json!(3599.7)).unwrap(), Some(3599));
         assert_eq!(exp(json!(1e12)).unwrap(), Some(MAX_EXPIRES_IN));
-        assert_eq!(exp(json!("99999999999999999999999")).unwrap(), Some(MAX_EXPIRES_IN));
+        assert_eq!(
+            exp(json!("99999999999999999999999")).unwrap(),
+            Some(MAX_EXPIRES_IN)
+        );
         assert_eq!(exp(Value::Null).unwrap(), None);
         assert!(exp(json!(-1)).is_err());
         assert!(exp(json!("-1")).is_err());

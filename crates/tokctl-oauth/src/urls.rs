@@ -89,11 +89,17 @@ mod tests {
 
     #[test]
     fn rejection_is_a_config_error_naming_the_url() {
-        let err = check_url(&Url::parse("http://idp.example.com/t?x=1").unwrap(), "token endpoint")
-            .unwrap_err();
+        let err = check_url(
+            &Url::parse("http://idp.example.com/t?x=1").unwrap(),
+            "token endpoint",
+        )
+        .unwrap_err();
         assert!(matches!(err, OAuthError::Config(_)));
         let msg = err.to_string();
-        assert!(msg.starts_with("token endpoint http://idp.example.com/t uses plain http"), "{msg}");
+        assert!(
+            msg.starts_with("token endpoint http://idp.example.com/t uses plain http"),
+            "{msg}"
+        );
         assert!(!msg.contains("x=1"));
     }
 

@@ -6,6 +6,14 @@
 //! dedicated thread, file I/O on tokio's blocking pool), so it must be called from within a
 //! tokio runtime with the time driver enabled. When no keychain answers, [`Store::open`]
 //! fails with [`StoreError::Unavailable`]: there is no silent fallback to a file.
+//!
+//! Keychain calls are serialized on one thread and each has a deadline ([`DEFAULT_TIMEOUT`]
+//! unless opened with [`Store::open_with_timeout`]). A call past its deadline fails with
+//! [`StoreError::Timeout`]; while that call is still stuck in the provider, further calls
+//! fail at once with [`StoreError::Unavailable`] rather than queue behind it, and queued
+//! calls whose caller gave up are dropped, never run late. After a platform failure (the
+//! keyring daemon restarted, the bus went away) the store reconnects and retries the call
+//! once, so one `Store` serves for the life of a daemon.
 
 mod error;
 mod file;

@@ -350,6 +350,22 @@ fn secret_service_end_to_end() {
         "took {:?}",
         t1.elapsed()
     );
+    // Opening while the provider hangs: a timeout, and then no more threads piled up behind
+    // it: a second open fails at once.
+    let e = rt
+        .block_on(Store::open_with_timeout(Backend::Keychain, timeout))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Timeout(_)), "{e:?}");
+    let t1 = Instant::now();
+    match rt.block_on(Store::open_with_timeout(Backend::Keychain, timeout)) {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("has not returned"), "{msg}"),
+        other => panic!("second open during a hang: {other:?}"),
+    }
+    assert!(
+        t1.elapsed() < Duration::from_millis(200),
+        "took {:?}",
+        t1.elapsed()
+    );
     kill_process(keyring.pid(), Signal::Cont).unwrap();
     let got = rt.block_on(get_eventually(&store, &rt_key, Duration::from_secs(10)));
     assert_eq!(got.unwrap().expose_secret(), "R2");

@@ -18,7 +18,9 @@ pub fn boot_now() -> Duration {
 
 /// Unix seconds of a wall-clock time (0 before the epoch).
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A point in time recorded on both clocks.
@@ -41,7 +43,10 @@ impl Deadline {
 
     /// Time left before the earlier of the two clocks reaches the deadline (zero if past).
     pub fn remaining(&self) -> Duration {
-        let by_wall = self.wall.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let by_wall = self
+            .wall
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         let by_boot = self.boot.saturating_sub(boot_now());
         by_wall.min(by_boot)
     }

@@ -200,7 +200,8 @@ impl Ctx<'_> {
 
     fn endpoint(&self, v: &Option<Spanned<String>>, key: &str) -> Result<Option<Url>, ConfigError> {
         let Some(v) = v else { return Ok(None) };
-        let url = Url::parse(v.get_ref()).map_err(|e| self.err(v.span(), key, format!("not a URL: {e}")))?;
+        let url = Url::parse(v.get_ref())
+            .map_err(|e| self.err(v.span(), key, format!("not a URL: {e}")))?;
         tokctl_oauth::check_url(&url, key).map_err(|e| self.err(v.span(), key, e))?;
         Ok(Some(url))
     }
@@ -234,37 +235,63 @@ impl Config {
             let key = |k: &str| format!("profile.{name}.{k}");
             let p = sp.into_inner();
             if name.is_empty() || name.chars().any(|c| c.is_control() || c == ':' || c == '/') {
-                return Err(cx.err(p.issuer.span(), &format!("profile.{name}"), "profile names may not contain ':', '/' or control characters"));
+                return Err(cx.err(
+                    p.issuer.span(),
+                    &format!("profile.{name}"),
+                    "profile names may not contain ':', '/' or control characters",
+                ));
             }
             let issuer_url = Url::parse(p.issuer.get_ref())
                 .map_err(|e| cx.err(p.issuer.span(), &key("issuer"), format!("not a URL: {e}")))?;
-            tokctl_oauth::check_url(&issuer_url, "issuer").map_err(|e| cx.err(p.issuer.span(), &key("issuer"), e))?;
+            tokctl_oauth::check_url(&issuer_url, "issuer")
+                .map_err(|e| cx.err(p.issuer.span(), &key("issuer"), e))?;
             if p.client_id.is_empty() {
                 return Err(cx.err(p.issuer.span(), &key("client_id"), "must not be empty"));
             }
             let mut resources = Vec::new();
             for r in &p.resource {
-                let u = Url::parse(r.get_ref())
-                    .map_err(|e| cx.err(r.span(), &key("resource"), format!("not an absolute URI: {e}")))?;
+                let u = Url::parse(r.get_ref()).map_err(|e| {
+                    cx.err(
+                        r.span(),
+                        &key("resource"),
+                        format!("not an absolute URI: {e}"),
+                    )
+                })?;
                 if u.fragment().is_some() {
-                    return Err(cx.err(r.span(), &key("resource"), "a resource indicator may not have a fragment (RFC 8707)"));
+                    return Err(cx.err(
+                        r.span(),
+                        &key("resource"),
+                        "a resource indicator may not have a fragment (RFC 8707)",
+                    ));
                 }
                 resources.push(r.get_ref().clone());
             }
             let refresh_margin = match &p.refresh_margin {
                 None => None,
                 Some(m) => Some(humantime::parse_duration(m.get_ref()).map_err(|e| {
-                    cx.err(m.span(), &key("refresh_margin"), format!("not a duration like \"5m\": {e}"))
+                    cx.err(
+                        m.span(),
+                        &key("refresh_margin"),
+                        format!("not a duration like \"5m\": {e}"),
+                    )
                 })?),
             };
             let ca_file = p.ca_file.as_ref().map(|c| {
                 let c = c.get_ref();
-                if c.is_absolute() { c.clone() } else { base_dir.join(c) }
+                if c.is_absolute() {
+                    c.clone()
+                } else {
+                    base_dir.join(c)
+                }
             });
             let endpoints = ExplicitEndpoints {
                 token: cx.endpoint(&p.token_endpoint, &key("token_endpoint"))?,
-                device_authorization: cx.endpoint(&p.device_authorization_endpoint, &key("device_authorization_endpoint"))?,
-                authorization: cx.endpoint(&p.authorization_endpoint, &key("authorization_endpoint"))?,
+                device_authorization: cx.endpoint(
+                    &p.device_authorization_endpoint,
+                    &key("device_authorization_endpoint"),
+                )?,
+                authorization: cx
+                    .endpoint(&p.authorization_endpoint, &key("authorization_endpoint"))?,
                 revocation: cx.endpoint(&p.revocation_endpoint, &key("revocation_endpoint"))?,
             };
             profiles.insert(
@@ -289,7 +316,11 @@ impl Config {
             None => None,
             Some(d) => {
                 if !profiles.contains_key(d.get_ref()) {
-                    return Err(cx.err(d.span(), "default_profile", format!("no [profile.{}] in this file", d.get_ref())));
+                    return Err(cx.err(
+                        d.span(),
+                        "default_profile",
+                        format!("no [profile.{}] in this file", d.get_ref()),
+                    ));
                 }
                 Some(d.into_inner())
             }
@@ -302,14 +333,26 @@ impl Config {
                 .map_err(|e| cx.err(r.url.span(), "route.url", format!("not a URL: {e}")))?;
             let loopback = tokctl_oauth::check_url(&url, "route.url").is_ok();
             if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-                return Err(cx.err(r.url.span(), "route.url", "must be https (http only for loopback hosts)"));
+                return Err(cx.err(
+                    r.url.span(),
+                    "route.url",
+                    "must be https (http only for loopback hosts)",
+                ));
             }
             if !profiles.contains_key(r.profile.get_ref()) {
-                return Err(cx.err(r.profile.span(), "route.profile", format!("no [profile.{}] in this file", r.profile.get_ref())));
+                return Err(cx.err(
+                    r.profile.span(),
+                    "route.profile",
+                    format!("no [profile.{}] in this file", r.profile.get_ref()),
+                ));
             }
             let username = r.username.unwrap_or_else(|| "oauth2".to_string());
             if username.is_empty() || username.chars().any(|c| c.is_control()) {
-                return Err(cx.err(span, "route.username", "must be non-empty without control characters"));
+                return Err(cx.err(
+                    span,
+                    "route.username",
+                    "must be non-empty without control characters",
+                ));
             }
             routes.push(Route {
                 url,
@@ -332,7 +375,12 @@ impl Config {
             Some(n) => n,
             None => match (&self.default_profile, self.profiles.len()) {
                 (Some(d), _) => d.as_str(),
-                (None, 1) => self.profiles.keys().next().map(String::as_str).unwrap_or_default(),
+                (None, 1) => self
+                    .profiles
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or_default(),
                 (None, 0) => {
                     return Err(format!(
                         "no profiles configured: add a [profile.NAME] to {}",
@@ -404,14 +452,18 @@ profile = "work"
         assert_eq!(l.refresh_margin, Some(Duration::from_secs(120)));
         assert_eq!(c.routes[0].username, "oauth2");
         assert_eq!(c.profile(None).unwrap().name, "work");
-        assert!(c.profile(Some("nope")).unwrap_err().contains("unknown profile `nope`"));
+        assert!(c
+            .profile(Some("nope"))
+            .unwrap_err()
+            .contains("unknown profile `nope`"));
     }
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = parse("[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrnt = \"password\"\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrnt = \"password\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.starts_with("/c/config.toml:"), "{e}");
         assert!(e.contains("grnt"), "{e}");
 
@@ -425,22 +477,35 @@ profile = "work"
         assert!(e.starts_with("/c/config.toml:"), "{e}");
 
         let e = parse("default_profile = \"b\"\n").unwrap_err().to_string();
-        assert_eq!(e, "/c/config.toml:1: default_profile: no [profile.b] in this file");
+        assert_eq!(
+            e,
+            "/c/config.toml:1: default_profile: no [profile.b] in this file"
+        );
 
-        let e = parse("[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"implicit\"\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"implicit\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains(":4:") && e.contains("implicit"), "{e}");
     }
 
     #[test]
     fn http_is_loopback_only_everywhere() {
-        for issuer in ["http://127.0.0.1:1", "http://[::1]:8080/x", "http://localhost"] {
-            let t = format!("[profile.a]\nissuer = \"{issuer}\"\nclient_id = \"c\"\ngrant = \"password\"\n");
+        for issuer in [
+            "http://127.0.0.1:1",
+            "http://[::1]:8080/x",
+            "http://localhost",
+        ] {
+            let t = format!(
+                "[profile.a]\nissuer = \"{issuer}\"\nclient_id = \"c\"\ngrant = \"password\"\n"
+            );
             parse(&t).unwrap();
         }
         let t = "[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"password\"\ntoken_endpoint = \"http://10.0.0.1/t\"\n";
-        assert!(parse(t).unwrap_err().to_string().contains(":5: profile.a.token_endpoint"));
+        assert!(parse(t)
+            .unwrap_err()
+            .to_string()
+            .contains(":5: profile.a.token_endpoint"));
         let t = "[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"password\"\n[[route]]\nurl = \"http://git.example.com/\"\nprofile = \"a\"\n";
         assert!(parse(t).unwrap_err().to_string().contains("route.url"));
     }
@@ -457,6 +522,9 @@ profile = "work"
     fn missing_file_is_empty_config() {
         let c = Config::load(Path::new("/nonexistent/tokctl/config.toml")).unwrap();
         assert!(c.profiles.is_empty());
-        assert!(c.profile(None).unwrap_err().contains("no profiles configured"));
+        assert!(c
+            .profile(None)
+            .unwrap_err()
+            .contains("no profiles configured"));
     }
 }

@@ -9,8 +9,13 @@ use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokctl_oauth::{AuthMethod, ClientAuth, ErrorClass, HttpOptions, Metadata, OAuthClient, OAuthError, TokenParams, TokenSet};
-use tokctl_proto::{ApiError, ErrorCode, ProfileState, ProfileStatus, StatusResponse, TokenQuery, TokenResponse};
+use tokctl_oauth::{
+    AuthMethod, ClientAuth, ErrorClass, HttpOptions, Metadata, OAuthClient, OAuthError,
+    TokenParams, TokenSet,
+};
+use tokctl_proto::{
+    ApiError, ErrorCode, ProfileState, ProfileStatus, StatusResponse, TokenQuery, TokenResponse,
+};
 use tokctl_store::SecretKind;
 use tokio::sync::Notify;
 use url::Url;
@@ -51,13 +56,18 @@ pub struct Cached {
 
 impl Cached {
     fn new(ts: TokenSet, requested_scope: &[String], margin: Option<Duration>) -> Cached {
-        let lifetime = ts.expires_in.map(Duration::from_secs).unwrap_or(UNKNOWN_LIFETIME);
+        let lifetime = ts
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(UNKNOWN_LIFETIME);
         let expires = Deadline::after(lifetime);
         let margin = margin.unwrap_or_else(|| default_margin(lifetime));
         Cached {
             access_token: ts.access_token,
             token_type: ts.token_type,
-            scope: ts.scope.or_else(|| (!requested_scope.is_empty()).then(|| requested_scope.join(" "))),
+            scope: ts
+                .scope
+                .or_else(|| (!requested_scope.is_empty()).then(|| requested_scope.join(" "))),
             expires_at: ts.expires_in.map(|_| expires.wall),
             expires,
             lifetime,
@@ -91,7 +101,9 @@ fn default_margin(lifetime: Duration) -> Duration {
 fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
     let exp = Duration::from_secs(1u64 << failures.min(9).saturating_sub(1)).min(MAX_BACKOFF);
     let jittered = exp.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-    jittered.max(retry_after.unwrap_or(Duration::ZERO)).min(Duration::from_secs(3600))
+    jittered
+        .max(retry_after.unwrap_or(Duration::ZERO))
+        .min(Duration::from_secs(3600))
 }
 
 #[derive(Default)]
@@ -193,11 +205,19 @@ impl ProfileRt {
     /// Maps an IdP error to the API's error classes.
     pub fn oauth_err(&self, e: &OAuthError) -> ApiError {
         let (code, hint) = match e.class() {
-            ErrorClass::LoginRequired => (ErrorCode::LoginRequired, format!("; run `tokctl login {}`", self.cfg.name)),
-            ErrorClass::Config => (ErrorCode::Config, String::from("; check the profile's settings and client registration")),
+            ErrorClass::LoginRequired => (
+                ErrorCode::LoginRequired,
+                format!("; run `tokctl login {}`", self.cfg.name),
+            ),
+            ErrorClass::Config => (
+                ErrorCode::Config,
+                String::from("; check the profile's settings and client registration"),
+            ),
             ErrorClass::Denied => (ErrorCode::Denied, String::new()),
             // `Pending` only occurs while polling a device login, which handles it itself.
-            ErrorClass::Transient | ErrorClass::Pending => (ErrorCode::IdpUnavailable, String::new()),
+            ErrorClass::Transient | ErrorClass::Pending => {
+                (ErrorCode::IdpUnavailable, String::new())
+            }
         };
         self.err(code, format!("{e}{hint}"))
     }
@@ -224,7 +244,10 @@ impl ProfileRt {
                 grant_types_supported: Vec::new(),
             }
         } else {
-            self.http()?.discover(&self.cfg.issuer).await.map_err(|e| self.oauth_err(&e))?
+            self.http()?
+                .discover(&self.cfg.issuer)
+                .await
+                .map_err(|e| self.oauth_err(&e))?
         };
         if let Some(u) = &ep.device_authorization {
             meta.device_authorization_endpoint = Some(u.clone());
@@ -301,24 +324,36 @@ impl ProfileRt {
 
     /// Saves a new refresh token: store first, memory always. A failed write keeps the
     /// token in memory (marked unsaved) so the scheduler retries and nothing is lost.
-    pub async fn save_refresh_token(&self, secrets: &Secrets, rt: SecretString) -> Result<(), ApiError> {
+    pub async fn save_refresh_token(
+        &self,
+        secrets: &Secrets,
+        rt: SecretString,
+    ) -> Result<(), ApiError> {
         {
             let mut c = lock(&self.cred);
             c.refresh_token = Some(rt.clone());
             c.unsaved = true;
             c.present = Some(true);
         }
-        match secrets.set(&self.cfg.name, SecretKind::RefreshToken, &rt).await {
+        match secrets
+            .set(&self.cfg.name, SecretKind::RefreshToken, &rt)
+            .await
+        {
             Ok(()) => {
                 let mut c = lock(&self.cred);
                 // Only clear the flag if no newer token replaced ours meanwhile.
-                if c.refresh_token.as_ref().map(|t| t.expose_secret() == rt.expose_secret()) == Some(true) {
+                if c.refresh_token
+                    .as_ref()
+                    .map(|t| t.expose_secret() == rt.expose_secret())
+                    == Some(true)
+                {
                     c.unsaved = false;
                 }
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("could not save the new refresh token (kept in memory, retrying): {e}");
+                let msg =
+                    format!("could not save the new refresh token (kept in memory, retrying): {e}");
                 tracing::error!(profile = %self.cfg.name, "{msg}");
                 lock(&self.health).last_error = Some(msg.clone());
                 Err(self.err(ErrorCode::Other, msg))
@@ -357,7 +392,11 @@ impl ProfileRt {
     }
 
     /// Marks that a fresh login or secret was stored.
-    pub fn credentials_changed(&self, refresh_token: Option<SecretString>, client_secret: Option<SecretString>) {
+    pub fn credentials_changed(
+        &self,
+        refresh_token: Option<SecretString>,
+        client_secret: Option<SecretString>,
+    ) {
         {
             let mut c = lock(&self.cred);
             if refresh_token.is_some() {
@@ -383,7 +422,10 @@ impl ProfileRt {
     }
 
     fn variant(&self, key: VariantKey) -> Arc<Variant> {
-        lock(&self.variants).entry(key.clone()).or_insert_with(|| Variant::new(key)).clone()
+        lock(&self.variants)
+            .entry(key.clone())
+            .or_insert_with(|| Variant::new(key))
+            .clone()
     }
 
     /// The token parameters of a variant.
@@ -396,9 +438,17 @@ impl ProfileRt {
             }
         } else {
             TokenParams {
-                scopes: if key.scopes.is_empty() { self.cfg.scopes.clone() } else { key.scopes.clone() },
+                scopes: if key.scopes.is_empty() {
+                    self.cfg.scopes.clone()
+                } else {
+                    key.scopes.clone()
+                },
                 audience: key.audience.clone().or_else(|| self.cfg.audience.clone()),
-                resources: if key.resources.is_empty() { self.cfg.resources.clone() } else { key.resources.clone() },
+                resources: if key.resources.is_empty() {
+                    self.cfg.resources.clone()
+                } else {
+                    key.resources.clone()
+                },
             }
         }
     }
@@ -427,9 +477,17 @@ impl ProfileRt {
         resources.sort();
         resources.dedup();
         for r in &resources {
-            let ok = Url::parse(r).map(|u| u.fragment().is_none()).unwrap_or(false);
+            let ok = Url::parse(r)
+                .map(|u| u.fragment().is_none())
+                .unwrap_or(false);
             if !ok {
-                return Err(self.err(ErrorCode::Usage, format!("resource `{}` must be an absolute URI without a fragment", tokctl_proto::printable(r, 80))));
+                return Err(self.err(
+                    ErrorCode::Usage,
+                    format!(
+                        "resource `{}` must be an absolute URI without a fragment",
+                        tokctl_proto::printable(r, 80)
+                    ),
+                ));
             }
             if !self.cfg.resources.is_empty() && !self.cfg.resources.contains(r) {
                 return Err(wider("resource", r, &self.cfg.resources));
@@ -474,7 +532,9 @@ impl ProfileRt {
             }
             None => (None, None, false, false),
         };
-        let variants = lock(&self.variants).len().saturating_sub(usize::from(base.is_some()));
+        let variants = lock(&self.variants)
+            .len()
+            .saturating_sub(usize::from(base.is_some()));
         let h = lock(&self.health);
         let present = lock(&self.cred).present;
         let in_backoff = h.backoff_until.is_some_and(|t| t > SystemTime::now());
@@ -532,7 +592,10 @@ impl Engine {
 
     /// The current config.
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Swaps in a new config: unchanged profiles keep their tokens, changed ones start
@@ -559,11 +622,15 @@ impl Engine {
     /// The run-time state of a profile (or the default profile).
     pub fn profile(&self, name: Option<&str>) -> Result<Arc<ProfileRt>, ApiError> {
         let cfg = self.config();
-        let p = cfg.profile(name).map_err(|m| ApiError::new(ErrorCode::Config, m))?;
-        lock(&self.profiles)
-            .get(&p.name)
-            .cloned()
-            .ok_or_else(|| ApiError::new(ErrorCode::Config, format!("profile {} is being reloaded; try again", p.name)))
+        let p = cfg
+            .profile(name)
+            .map_err(|m| ApiError::new(ErrorCode::Config, m))?;
+        lock(&self.profiles).get(&p.name).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Config,
+                format!("profile {} is being reloaded; try again", p.name),
+            )
+        })
     }
 
     /// `GET /v1/token`: a cached token with at least `min_ttl` left, or a fresh one.
@@ -583,7 +650,13 @@ impl Engine {
     }
 
     /// Single flight: returns a usable token, fetching at most once per wave of callers.
-    async fn ensure(self: &Arc<Self>, prof: &Arc<ProfileRt>, v: &Arc<Variant>, min_ttl: Duration, caller: bool) -> Result<Cached, ApiError> {
+    async fn ensure(
+        self: &Arc<Self>,
+        prof: &Arc<ProfileRt>,
+        v: &Arc<Variant>,
+        min_ttl: Duration,
+        caller: bool,
+    ) -> Result<Cached, ApiError> {
         let gen0 = {
             let mut s = lock(&v.slot);
             if let Some(t) = s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned() {
@@ -610,7 +683,10 @@ impl Engine {
         {
             let h = lock(&prof.health);
             if h.login_required {
-                let msg = h.last_error.clone().unwrap_or_else(|| "login required".into());
+                let msg = h
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "login required".into());
                 return Err(ApiError::new(ErrorCode::LoginRequired, msg));
             }
             if let Some(until) = h.backoff_until.filter(|t| *t > SystemTime::now()) {
@@ -679,7 +755,11 @@ impl Engine {
         res.map_err(|(e, _)| e)
     }
 
-    async fn fetch_inner(&self, prof: &Arc<ProfileRt>, key: &VariantKey) -> Result<TokenSet, (ApiError, Option<Duration>)> {
+    async fn fetch_inner(
+        &self,
+        prof: &Arc<ProfileRt>,
+        key: &VariantKey,
+    ) -> Result<TokenSet, (ApiError, Option<Duration>)> {
         let plain = |e: ApiError| (e, None);
         let meta = prof.endpoints().await.map_err(plain)?;
         let http = prof.http().map_err(plain)?;
@@ -696,11 +776,17 @@ impl Engine {
             if matches!(auth.method, AuthMethod::None) {
                 return Err(plain(prof.err(
                     ErrorCode::LoginRequired,
-                    format!("no client secret stored; run `tokctl secret set {}`", prof.cfg.name),
+                    format!(
+                        "no client secret stored; run `tokctl secret set {}`",
+                        prof.cfg.name
+                    ),
                 )));
             }
             tracing::debug!(profile = %prof.cfg.name, "client credentials request");
-            return http.client_credentials(&meta.token_endpoint, &auth, &params).await.map_err(oauth);
+            return http
+                .client_credentials(&meta.token_endpoint, &auth, &params)
+                .await
+                .map_err(oauth);
         }
         let _rt_guard = prof.rt_lock.lock().await;
         let Some(rt) = prof.refresh_token(&self.secrets).await.map_err(plain)? else {
@@ -710,7 +796,10 @@ impl Engine {
             )));
         };
         tracing::debug!(profile = %prof.cfg.name, "refresh request");
-        let mut ts = http.refresh(&meta.token_endpoint, &auth, &rt, &params).await.map_err(oauth)?;
+        let mut ts = http
+            .refresh(&meta.token_endpoint, &auth, &rt, &params)
+            .await
+            .map_err(oauth)?;
         if let Some(new_rt) = ts.refresh_token.take() {
             // Rotation: the new refresh token is saved before the access token is served.
             if new_rt.expose_secret() != rt.expose_secret() {
@@ -733,7 +822,11 @@ impl Engine {
 
     /// `POST /v1/invalidate`: drops cached access tokens (all of the profile's, or only
     /// one equal to `token`). Refresh tokens are never touched.
-    pub fn invalidate(&self, profile: Option<&str>, token: Option<&str>) -> Result<usize, ApiError> {
+    pub fn invalidate(
+        &self,
+        profile: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<usize, ApiError> {
         let prof = self.profile(profile)?;
         let mut dropped = 0;
         for v in lock(&prof.variants).values() {
@@ -760,7 +853,11 @@ impl Engine {
             // Learn once whether a lasting credential exists, so status can tell logged_out
             // from valid; a store failure leaves it unknown.
             if lock(&p.cred).present.is_none() {
-                let kind = if p.cfg.grant.uses_refresh_token() { SecretKind::RefreshToken } else { SecretKind::ClientSecret };
+                let kind = if p.cfg.grant.uses_refresh_token() {
+                    SecretKind::RefreshToken
+                } else {
+                    SecretKind::ClientSecret
+                };
                 if let Ok(v) = self.secrets.get(&p.cfg.name, kind).await {
                     lock(&p.cred).present = Some(v.is_some());
                 }
@@ -790,7 +887,9 @@ impl Engine {
                 }
                 let (login_required, backoff_left) = {
                     let h = lock(&prof.health);
-                    let left = h.backoff_until.and_then(|t| t.duration_since(SystemTime::now()).ok());
+                    let left = h
+                        .backoff_until
+                        .and_then(|t| t.duration_since(SystemTime::now()).ok());
                     (h.login_required, left)
                 };
                 if login_required {
@@ -802,7 +901,9 @@ impl Engine {
                         let s = lock(&v.slot);
                         let wanted = v.key == VariantKey::default() || s.served;
                         match (&s.token, s.refreshing, wanted) {
-                            (Some(t), false, true) if !t.expires.passed() || v.key == VariantKey::default() => {
+                            (Some(t), false, true)
+                                if !t.expires.passed() || v.key == VariantKey::default() =>
+                            {
                                 Some(t.refresh_at.remaining())
                             }
                             _ => None,
@@ -845,7 +946,11 @@ impl Engine {
         match res {
             Ok(ts) => {
                 tracing::debug!(profile = %prof.cfg.name, "refreshed ahead of expiry");
-                s.token = Some(Cached::new(ts, &prof.params(&v.key).scopes, prof.cfg.refresh_margin));
+                s.token = Some(Cached::new(
+                    ts,
+                    &prof.params(&v.key).scopes,
+                    prof.cfg.refresh_margin,
+                ));
                 s.last_error = None;
                 s.served = false;
             }
@@ -872,19 +977,31 @@ mod tests {
     fn margin_rule() {
         for _ in 0..100 {
             let m = default_margin(Duration::from_secs(3600));
-            assert!(m >= Duration::from_secs(360) && m <= Duration::from_secs(396), "{m:?}");
+            assert!(
+                m >= Duration::from_secs(360) && m <= Duration::from_secs(396),
+                "{m:?}"
+            );
             let m = default_margin(Duration::from_secs(300));
-            assert!(m >= Duration::from_secs(60) && m <= Duration::from_secs(66), "{m:?}");
+            assert!(
+                m >= Duration::from_secs(60) && m <= Duration::from_secs(66),
+                "{m:?}"
+            );
             // Short tokens never get a margin larger than half their life.
             let m = default_margin(Duration::from_secs(20));
-            assert!(m >= Duration::from_secs(10) && m <= Duration::from_secs(11), "{m:?}");
+            assert!(
+                m >= Duration::from_secs(10) && m <= Duration::from_secs(11),
+                "{m:?}"
+            );
         }
     }
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
         assert!(backoff(1, None) <= Duration::from_secs(1));
-        assert!(backoff(4, None) >= Duration::from_secs(4) && backoff(4, None) <= Duration::from_secs(8));
+        assert!(
+            backoff(4, None) >= Duration::from_secs(4)
+                && backoff(4, None) <= Duration::from_secs(8)
+        );
         assert!(backoff(30, None) <= MAX_BACKOFF);
         assert!(backoff(1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
     }
@@ -920,7 +1037,10 @@ mod tests {
 
     #[test]
     fn no_profiles_is_a_config_error() {
-        let e = Engine::new(Config::default(), Secrets::new(tokctl_store::Backend::File("/nonexistent/x".into())));
+        let e = Engine::new(
+            Config::default(),
+            Secrets::new(tokctl_store::Backend::File("/nonexistent/x".into())),
+        );
         let err = e.profile(None).err().unwrap();
         assert_eq!(err.error, ErrorCode::Config);
     }

@@ -17,7 +17,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokctl_oauth::{authorization_url, random_state, OAuthError, OAuthErrorCode, PkceVerifier, TokenSet, TokenTypeHint};
+use tokctl_oauth::{
+    authorization_url, random_state, OAuthError, OAuthErrorCode, PkceVerifier, TokenSet,
+    TokenTypeHint,
+};
 use tokctl_proto::{ApiError, ErrorCode, LoginEvent, LoginRequest, LogoutResponse};
 use tokctl_store::SecretKind;
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +34,10 @@ type Events = mpsc::Sender<LoginEvent>;
 
 /// Starts a login and returns the NDJSON event stream. Request errors that need no IdP
 /// (unknown profile, wrong arguments for the grant) fail before the stream starts.
-pub fn start(engine: Arc<Engine>, req: LoginRequest) -> Result<impl Stream<Item = Result<Bytes, Infallible>>, ApiError> {
+pub fn start(
+    engine: Arc<Engine>,
+    req: LoginRequest,
+) -> Result<impl Stream<Item = Result<Bytes, Infallible>>, ApiError> {
     let prof = engine.profile(Some(&req.profile))?;
     let password = req.password.map(SecretString::from);
     match prof.cfg.grant {
@@ -71,11 +77,20 @@ pub fn start(engine: Arc<Engine>, req: LoginRequest) -> Result<impl Stream<Item 
         };
         match outcome {
             Some(Ok(())) => {
-                let _ = tx.send(LoginEvent::Done { profile: prof.cfg.name.clone() }).await;
+                let _ = tx
+                    .send(LoginEvent::Done {
+                        profile: prof.cfg.name.clone(),
+                    })
+                    .await;
             }
             Some(Err(e)) => {
                 tracing::warn!(profile = %prof.cfg.name, "login failed: {}", e.message);
-                let _ = tx.send(LoginEvent::Error { error: e.error, message: e.message }).await;
+                let _ = tx
+                    .send(LoginEvent::Error {
+                        error: e.error,
+                        message: e.message,
+                    })
+                    .await;
             }
             None => tracing::info!(profile = %prof.cfg.name, "login abandoned by the client"),
         }
@@ -97,12 +112,18 @@ async fn run(
     tx: &Events,
 ) -> Result<(), ApiError> {
     let Ok(_only_one) = prof.login_lock.try_lock() else {
-        return Err(ApiError::new(ErrorCode::Usage, format!("a login for profile {} is already running", prof.cfg.name)));
+        return Err(ApiError::new(
+            ErrorCode::Usage,
+            format!("a login for profile {} is already running", prof.cfg.name),
+        ));
     };
     if !force && prof.logged_in(&engine.secrets).await? {
         let _ = tx
             .send(LoginEvent::Info {
-                message: format!("profile {} is already logged in; nothing to do (use --force to log in again)", prof.cfg.name),
+                message: format!(
+                    "profile {} is already logged in; nothing to do (use --force to log in again)",
+                    prof.cfg.name
+                ),
             })
             .await;
         return Ok(());
@@ -120,26 +141,46 @@ async fn run(
                 .await;
             let meta = prof.endpoints().await?;
             let auth = prof.client_auth(&engine.secrets).await?;
-            let pw = password.ok_or_else(|| ApiError::new(ErrorCode::Usage, "no password given"))?;
+            let pw =
+                password.ok_or_else(|| ApiError::new(ErrorCode::Usage, "no password given"))?;
             let user = username.unwrap_or_default();
             let params = prof.params(&VariantKey::default());
-            let r = prof.http()?.password(&meta.token_endpoint, &auth, &user, &pw, &params).await;
+            let r = prof
+                .http()?
+                .password(&meta.token_endpoint, &auth, &user, &pw, &params)
+                .await;
             // The password is dropped (and zeroized by SecretString) right here, used once.
             drop(pw);
             (r.map_err(|e| prof.oauth_err(&e))?, None)
         }
-        Grant::ClientCredentials => return Err(ApiError::new(ErrorCode::Usage, "client credentials need no login")),
+        Grant::ClientCredentials => {
+            return Err(ApiError::new(
+                ErrorCode::Usage,
+                "client credentials need no login",
+            ))
+        }
     };
     finish(engine, prof, ts, nonce.as_deref()).await
 }
 
 /// Validates the ID token when present, stores the refresh token, caches the access token.
-async fn finish(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, mut ts: TokenSet, nonce: Option<&str>) -> Result<(), ApiError> {
+async fn finish(
+    engine: &Arc<Engine>,
+    prof: &Arc<ProfileRt>,
+    mut ts: TokenSet,
+    nonce: Option<&str>,
+) -> Result<(), ApiError> {
     if prof.cfg.scopes.iter().any(|s| s == "openid") {
         if let Some(id) = &ts.id_token {
             let meta = prof.endpoints().await?;
             let jwks = meta.jwks_uri.as_ref().ok_or_else(|| {
-                ApiError::new(ErrorCode::Config, format!("profile {}: the IdP sent an ID token but publishes no jwks_uri", prof.cfg.name))
+                ApiError::new(
+                    ErrorCode::Config,
+                    format!(
+                        "profile {}: the IdP sent an ID token but publishes no jwks_uri",
+                        prof.cfg.name
+                    ),
+                )
             })?;
             prof.http()?
                 .validate_id_token(jwks, id, &prof.cfg.issuer, &prof.cfg.client_id, nonce)
@@ -157,7 +198,12 @@ async fn finish(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, mut ts: TokenSet, n
                 .secrets
                 .set(&prof.cfg.name, SecretKind::RefreshToken, rt)
                 .await
-                .map_err(|e| ApiError::new(ErrorCode::Other, format!("logged in, but the refresh token could not be stored: {e}")))?;
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Other,
+                        format!("logged in, but the refresh token could not be stored: {e}"),
+                    )
+                })?;
         }
         None => tracing::warn!(
             profile = %prof.cfg.name,
@@ -171,7 +217,11 @@ async fn finish(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, mut ts: TokenSet, n
     Ok(())
 }
 
-async fn device(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, tx: &Events) -> Result<TokenSet, ApiError> {
+async fn device(
+    engine: &Arc<Engine>,
+    prof: &Arc<ProfileRt>,
+    tx: &Events,
+) -> Result<TokenSet, ApiError> {
     let meta = prof.endpoints().await?;
     let ep = meta.device_authorization_endpoint.clone().ok_or_else(|| {
         ApiError::new(
@@ -199,18 +249,42 @@ async fn device(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, tx: &Events) -> Res
     loop {
         if tokio::time::Instant::now() + interval > deadline {
             tokio::time::sleep_until(deadline).await;
-            return Err(ApiError::new(ErrorCode::Denied, "the device code expired before the login was approved; run `tokctl login` again"));
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                "the device code expired before the login was approved; run `tokctl login` again",
+            ));
         }
         tokio::time::sleep(interval).await;
-        match http.device_token(&meta.token_endpoint, &auth, &da.device_code).await {
+        match http
+            .device_token(&meta.token_endpoint, &auth, &da.device_code)
+            .await
+        {
             Ok(ts) => return Ok(ts),
-            Err(OAuthError::Protocol { code: OAuthErrorCode::AuthorizationPending, .. }) => {}
-            Err(OAuthError::Protocol { code: OAuthErrorCode::SlowDown, .. }) => interval += Duration::from_secs(5),
-            Err(OAuthError::Protocol { code: OAuthErrorCode::AccessDenied, .. }) => {
-                return Err(ApiError::new(ErrorCode::Denied, "the login was denied at the identity provider"))
+            Err(OAuthError::Protocol {
+                code: OAuthErrorCode::AuthorizationPending,
+                ..
+            }) => {}
+            Err(OAuthError::Protocol {
+                code: OAuthErrorCode::SlowDown,
+                ..
+            }) => interval += Duration::from_secs(5),
+            Err(OAuthError::Protocol {
+                code: OAuthErrorCode::AccessDenied,
+                ..
+            }) => {
+                return Err(ApiError::new(
+                    ErrorCode::Denied,
+                    "the login was denied at the identity provider",
+                ))
             }
-            Err(OAuthError::Protocol { code: OAuthErrorCode::ExpiredToken, .. }) => {
-                return Err(ApiError::new(ErrorCode::Denied, "the device code expired; run `tokctl login` again"))
+            Err(OAuthError::Protocol {
+                code: OAuthErrorCode::ExpiredToken,
+                ..
+            }) => {
+                return Err(ApiError::new(
+                    ErrorCode::Denied,
+                    "the device code expired; run `tokctl login` again",
+                ))
             }
             Err(e @ OAuthError::Transient { .. }) => {
                 tracing::warn!(profile = %prof.cfg.name, "device poll failed, backing off: {e}");
@@ -237,21 +311,52 @@ struct ListenerState {
 }
 
 /// The authorization code flow; returns the tokens and the nonce the ID token must carry.
-async fn browser(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, tx: &Events) -> Result<(TokenSet, Option<String>), ApiError> {
+async fn browser(
+    engine: &Arc<Engine>,
+    prof: &Arc<ProfileRt>,
+    tx: &Events,
+) -> Result<(TokenSet, Option<String>), ApiError> {
     let meta = prof.endpoints().await?;
     let auth_ep = meta.authorization_endpoint.clone().ok_or_else(|| {
-        ApiError::new(ErrorCode::Config, format!("profile {}: the IdP has no authorization endpoint", prof.cfg.name))
+        ApiError::new(
+            ErrorCode::Config,
+            format!(
+                "profile {}: the IdP has no authorization endpoint",
+                prof.cfg.name
+            ),
+        )
     })?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", prof.cfg.redirect_port))
         .await
-        .map_err(|e| ApiError::new(ErrorCode::Config, format!("cannot listen on 127.0.0.1:{}: {e}", prof.cfg.redirect_port)))?;
-    let port = listener.local_addr().map_err(|e| ApiError::new(ErrorCode::Other, e.to_string()))?.port();
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Config,
+                format!("cannot listen on 127.0.0.1:{}: {e}", prof.cfg.redirect_port),
+            )
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| ApiError::new(ErrorCode::Other, e.to_string()))?
+        .port();
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
     let state = random_state();
     let verifier = PkceVerifier::new();
-    let nonce = prof.cfg.scopes.iter().any(|s| s == "openid").then(random_state);
+    let nonce = prof
+        .cfg
+        .scopes
+        .iter()
+        .any(|s| s == "openid")
+        .then(random_state);
     let params = prof.params(&VariantKey::default());
-    let url = authorization_url(&auth_ep, &prof.cfg.client_id, &redirect_uri, &params, &state, &verifier.challenge(), nonce.as_deref());
+    let url = authorization_url(
+        &auth_ep,
+        &prof.cfg.client_id,
+        &redirect_uri,
+        &params,
+        &state,
+        &verifier.challenge(),
+        nonce.as_deref(),
+    );
 
     let (cb_tx, cb_rx) = oneshot::channel();
     let ls = Arc::new(ListenerState {
@@ -260,7 +365,10 @@ async fn browser(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, tx: &Events) -> Re
         iss_required: meta.authorization_response_iss_parameter_supported,
         tx: Mutex::new(Some(cb_tx)),
     });
-    let app = Router::new().route("/callback", get(callback)).fallback(not_found).with_state(ls);
+    let app = Router::new()
+        .route("/callback", get(callback))
+        .fallback(not_found)
+        .with_state(ls);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -269,12 +377,21 @@ async fn browser(engine: &Arc<Engine>, prof: &Arc<ProfileRt>, tx: &Events) -> Re
             })
             .await;
     });
-    let _ = tx.send(LoginEvent::Browser { url: url.to_string() }).await;
+    let _ = tx
+        .send(LoginEvent::Browser {
+            url: url.to_string(),
+        })
+        .await;
 
     let result = async {
         let cb = tokio::time::timeout(BROWSER_TIMEOUT, cb_rx)
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Denied, "no answer from the browser within 5 minutes; run `tokctl login` again"))?
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Denied,
+                    "no answer from the browser within 5 minutes; run `tokctl login` again",
+                )
+            })?
             .map_err(|_| ApiError::new(ErrorCode::Other, "the loopback listener stopped"))?;
         let outcome = redeem(engine, prof, &meta, &cb.params, &redirect_uri, &verifier).await;
         let page = match &outcome {
@@ -300,9 +417,22 @@ async fn redeem(
     verifier: &PkceVerifier,
 ) -> Result<TokenSet, ApiError> {
     if let Some(err) = q.get("error") {
-        let desc = q.get("error_description").map(|d| format!(" ({})", tokctl_proto::printable(d, 200))).unwrap_or_default();
-        let code = if err == "access_denied" { ErrorCode::Denied } else { ErrorCode::Config };
-        return Err(ApiError::new(code, format!("the identity provider refused the login: {}{desc}", tokctl_proto::printable(err, 60))));
+        let desc = q
+            .get("error_description")
+            .map(|d| format!(" ({})", tokctl_proto::printable(d, 200)))
+            .unwrap_or_default();
+        let code = if err == "access_denied" {
+            ErrorCode::Denied
+        } else {
+            ErrorCode::Config
+        };
+        return Err(ApiError::new(
+            code,
+            format!(
+                "the identity provider refused the login: {}{desc}",
+                tokctl_proto::printable(err, 60)
+            ),
+        ));
     }
     let code = q
         .get("code")
@@ -316,42 +446,87 @@ async fn redeem(
 }
 
 async fn not_found() -> Response {
-    page(StatusCode::NOT_FOUND, "Not found", "This address is not part of a tokctl login.")
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "This address is not part of a tokctl login.",
+    )
 }
 
-async fn callback(State(ls): State<Arc<ListenerState>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn callback(
+    State(ls): State<Arc<ListenerState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     // Junk, a wrong state or a wrong issuer is ignored: the real callback may still come.
     if q.get("state") != Some(&ls.state) {
-        return page(StatusCode::BAD_REQUEST, "Not this login", "This callback does not belong to the login tokctl is waiting for.");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not this login",
+            "This callback does not belong to the login tokctl is waiting for.",
+        );
     }
     match q.get("iss") {
         Some(iss) if *iss != ls.issuer => {
             tracing::warn!("callback with a wrong iss ignored (RFC 9207 mix-up defence)");
-            return page(StatusCode::BAD_REQUEST, "Wrong identity provider", "The response came from an unexpected identity provider and was refused.");
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Wrong identity provider",
+                "The response came from an unexpected identity provider and was refused.",
+            );
         }
         None if ls.iss_required => {
             tracing::warn!("callback without iss ignored: the IdP promises iss (RFC 9207)");
-            return page(StatusCode::BAD_REQUEST, "Missing issuer", "The response did not say which identity provider sent it and was refused.");
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Missing issuer",
+                "The response did not say which identity provider sent it and was refused.",
+            );
         }
         _ => {}
     }
     let Some(tx) = ls.tx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-        return page(StatusCode::GONE, "Already used", "This login was already completed; the link cannot be used twice.");
+        return page(
+            StatusCode::GONE,
+            "Already used",
+            "This login was already completed; the link cannot be used twice.",
+        );
     };
     let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Callback { params: q, reply: reply_tx }).is_err() {
-        return page(StatusCode::GONE, "Login over", "tokctl is no longer waiting for this login.");
+    if tx
+        .send(Callback {
+            params: q,
+            reply: reply_tx,
+        })
+        .is_err()
+    {
+        return page(
+            StatusCode::GONE,
+            "Login over",
+            "tokctl is no longer waiting for this login.",
+        );
     }
     match reply_rx.await {
-        Ok(Ok(())) => page(StatusCode::OK, "Login succeeded", "You are logged in. You can close this tab and return to the terminal."),
+        Ok(Ok(())) => page(
+            StatusCode::OK,
+            "Login succeeded",
+            "You are logged in. You can close this tab and return to the terminal.",
+        ),
         Ok(Err(m)) => page(StatusCode::OK, "Login failed", &m),
-        Err(_) => page(StatusCode::INTERNAL_SERVER_ERROR, "Login failed", "tokctl stopped before finishing the login."),
+        Err(_) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Login failed",
+            "tokctl stopped before finishing the login.",
+        ),
     }
 }
 
 /// A self-contained page: no external resources, no referrer, not cached.
 fn page(status: StatusCode, title: &str, text: &str) -> Response {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>tokctl: {t}</title>\
          <style>body{{font-family:sans-serif;max-width:36em;margin:4em auto}}</style></head>\
@@ -365,7 +540,10 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::REFERRER_POLICY, "no-referrer"),
             (header::CACHE_CONTROL, "no-store"),
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
         ],
         html,
     )
@@ -373,11 +551,23 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
 }
 
 /// `POST /v1/logout`: revoke at the IdP (RFC 7009) when possible, then forget locally.
-pub async fn logout(engine: &Arc<Engine>, name: &str, revoke: bool) -> Result<LogoutResponse, ApiError> {
+pub async fn logout(
+    engine: &Arc<Engine>,
+    name: &str,
+    revoke: bool,
+) -> Result<LogoutResponse, ApiError> {
     let prof = engine.profile(Some(name))?;
     let _rt = prof.rt_lock.lock().await;
-    let kind = if prof.cfg.grant.uses_refresh_token() { SecretKind::RefreshToken } else { SecretKind::ClientSecret };
-    let stored = engine.secrets.get(&prof.cfg.name, kind).await.map_err(|e| crate::secrets::store_error(&e))?;
+    let kind = if prof.cfg.grant.uses_refresh_token() {
+        SecretKind::RefreshToken
+    } else {
+        SecretKind::ClientSecret
+    };
+    let stored = engine
+        .secrets
+        .get(&prof.cfg.name, kind)
+        .await
+        .map_err(|e| crate::secrets::store_error(&e))?;
     let mut revoked = false;
     let mut notes = Vec::new();
     match (&stored, kind, revoke) {
@@ -408,11 +598,17 @@ pub async fn logout(engine: &Arc<Engine>, name: &str, revoke: bool) -> Result<Lo
                 None => notes.push("the IdP has no revocation endpoint: the refresh token stays valid there until it expires".into()),
             }
         }
-        (Some(_), SecretKind::RefreshToken, false) => notes.push("not revoked (--no-revoke)".into()),
+        (Some(_), SecretKind::RefreshToken, false) => {
+            notes.push("not revoked (--no-revoke)".into())
+        }
         (Some(_), _, _) => notes.push("client secret removed".into()),
     }
     if stored.is_some() {
-        engine.secrets.delete(&prof.cfg.name, kind).await.map_err(|e| crate::secrets::store_error(&e))?;
+        engine
+            .secrets
+            .delete(&prof.cfg.name, kind)
+            .await
+            .map_err(|e| crate::secrets::store_error(&e))?;
     }
     prof.forget();
     Ok(LogoutResponse {
@@ -430,6 +626,9 @@ mod tests {
         let r = page(StatusCode::OK, "T<", "x<script>");
         assert_eq!(r.headers()[header::REFERRER_POLICY], "no-referrer");
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
-        assert!(r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("default-src 'none'"));
+        assert!(r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'"));
     }
 }

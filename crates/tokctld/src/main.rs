@@ -42,7 +42,9 @@ fn init_logging() {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 
@@ -51,7 +53,13 @@ fn harden() {
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{setrlimit, DumpableBehavior, Resource, Rlimit};
-        let _ = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+        let _ = setrlimit(
+            Resource::Core,
+            Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            },
+        );
         let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
     }
 }
@@ -72,7 +80,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let socket_path = args.socket.unwrap_or_else(|| tokctl_proto::socket_path(uid));
+    let socket_path = args
+        .socket
+        .unwrap_or_else(|| tokctl_proto::socket_path(uid));
     let bound = match socket::bind(&socket_path, uid) {
         Ok(b) => b,
         Err(e @ socket::SocketError::AlreadyRunning(_)) => {
@@ -112,18 +122,27 @@ fn signals() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut sigs = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for s in sigs.forever() {
-            let msg = if s == SIGHUP { Signal::Reload } else { Signal::Stop };
-            if tx.send(msg).is_err() {
-                break;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in sigs.forever() {
+                let msg = if s == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }
 
-fn reloader(engine: Arc<Engine>, path: PathBuf) -> impl Fn() -> Result<usize, String> + Send + Sync {
+fn reloader(
+    engine: Arc<Engine>,
+    path: PathBuf,
+) -> impl Fn() -> Result<usize, String> + Send + Sync {
     move || match Config::load(&path) {
         Ok(c) => {
             let n = c.profiles.len();
@@ -141,7 +160,12 @@ fn reloader(engine: Arc<Engine>, path: PathBuf) -> impl Fn() -> Result<usize, St
     }
 }
 
-async fn serve(config: Config, config_path: &Path, bound: &socket::BoundSocket, uid: u32) -> ExitCode {
+async fn serve(
+    config: Config,
+    config_path: &Path,
+    bound: &socket::BoundSocket,
+    uid: u32,
+) -> ExitCode {
     let backend = match config.store {
         StoreKind::Keychain => Backend::Keychain,
         StoreKind::File => Backend::File(secrets::file_store_path()),

@@ -59,13 +59,22 @@ impl Secrets {
     }
 
     /// Reads a secret; `Ok(None)` only when the store says the item does not exist.
-    pub async fn get(&self, profile: &str, kind: SecretKind) -> Result<Option<SecretString>, StoreError> {
+    pub async fn get(
+        &self,
+        profile: &str,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
         let s = self.store().await?;
         s.get(&key(profile, kind)).await
     }
 
     /// Writes (and verifies) a secret.
-    pub async fn set(&self, profile: &str, kind: SecretKind, v: &SecretString) -> Result<(), StoreError> {
+    pub async fn set(
+        &self,
+        profile: &str,
+        kind: SecretKind,
+        v: &SecretString,
+    ) -> Result<(), StoreError> {
         let s = self.store().await?;
         s.set(&key(profile, kind), v).await
     }

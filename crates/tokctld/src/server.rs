@@ -12,8 +12,8 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokctl_proto::{
-    ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest, OkResponse, SecretRequest,
-    TokenQuery, MAX_REQUEST_BYTES,
+    ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest,
+    OkResponse, SecretRequest, TokenQuery, MAX_REQUEST_BYTES,
 };
 
 /// Shared state of the API handlers.
@@ -35,7 +35,8 @@ impl From<ApiError> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.error.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.0)).into_response()
     }
 }
@@ -46,7 +47,10 @@ type ApiResult<T> = Result<Json<T>, ApiFailure>;
 fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, ApiFailure> {
     serde_json::from_slice(b).map_err(|e| {
         // serde_json's message names the field and position, never the value of a secret.
-        ApiFailure(ApiError::new(ErrorCode::Usage, format!("malformed request body: {e}")))
+        ApiFailure(ApiError::new(
+            ErrorCode::Usage,
+            format!("malformed request body: {e}"),
+        ))
     })
 }
 
@@ -61,13 +65,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/invalidate", post(invalidate))
         .route("/v1/reload", post(reload))
         .fallback(|| async {
-            ApiFailure(ApiError::new(ErrorCode::Usage, "unknown endpoint; see docs/protocol.md"))
+            ApiFailure(ApiError::new(
+                ErrorCode::Usage,
+                "unknown endpoint; see docs/protocol.md",
+            ))
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
 
-async fn token(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiResult<tokctl_proto::TokenResponse> {
+async fn token(
+    State(st): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<tokctl_proto::TokenResponse> {
     let q = TokenQuery::from_query_string(q.as_deref().unwrap_or(""))?;
     Ok(Json(st.engine.token(&q).await?))
 }
@@ -82,9 +92,14 @@ async fn secret(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<OkRespon
         return Err(ApiError::new(ErrorCode::Usage, "the secret is empty").into());
     }
     let profile = req.profile.clone();
-    st.engine.set_secret(&profile, SecretString::from(req.secret)).await?;
+    st.engine
+        .set_secret(&profile, SecretString::from(req.secret))
+        .await?;
     Ok(Json(OkResponse {
-        message: format!("client secret for profile {profile} stored in the {}", st.engine.secrets.describe().await),
+        message: format!(
+            "client secret for profile {profile} stored in the {}",
+            st.engine.secrets.describe().await
+        ),
     }))
 }
 
@@ -97,14 +112,25 @@ async fn login_handler(State(st): State<Arc<AppState>>, b: Bytes) -> Result<Resp
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-async fn logout(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<tokctl_proto::LogoutResponse> {
+async fn logout(
+    State(st): State<Arc<AppState>>,
+    b: Bytes,
+) -> ApiResult<tokctl_proto::LogoutResponse> {
     let req: LogoutRequest = body(&b)?;
-    Ok(Json(login::logout(&st.engine, &req.profile, req.revoke).await?))
+    Ok(Json(
+        login::logout(&st.engine, &req.profile, req.revoke).await?,
+    ))
 }
 
 async fn invalidate(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<InvalidateResponse> {
-    let req: InvalidateRequest = if b.is_empty() { InvalidateRequest::default() } else { body(&b)? };
-    let dropped = st.engine.invalidate(req.profile.as_deref(), req.access_token.as_deref())?;
+    let req: InvalidateRequest = if b.is_empty() {
+        InvalidateRequest::default()
+    } else {
+        body(&b)?
+    };
+    let dropped = st
+        .engine
+        .invalidate(req.profile.as_deref(), req.access_token.as_deref())?;
     Ok(Json(InvalidateResponse { dropped }))
 }
 
@@ -113,6 +139,8 @@ async fn reload(State(st): State<Arc<AppState>>) -> ApiResult<OkResponse> {
         Ok(n) => Ok(Json(OkResponse {
             message: format!("config reloaded: {n} profile(s)"),
         })),
-        Err(m) => Err(ApiError::new(ErrorCode::Config, format!("{m} (kept the previous config)")).into()),
+        Err(m) => {
+            Err(ApiError::new(ErrorCode::Config, format!("{m} (kept the previous config)")).into())
+        }
     }
 }

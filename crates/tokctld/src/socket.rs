@@ -91,7 +91,9 @@ fn check_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
         )));
     }
     if !m.is_dir() {
-        return Err(SocketError::Unsafe(format!("socket directory {d} is not a directory")));
+        return Err(SocketError::Unsafe(format!(
+            "socket directory {d} is not a directory"
+        )));
     }
     if m.uid() != uid {
         return Err(SocketError::Unsafe(format!(
@@ -119,7 +121,9 @@ pub fn lock(socket: &Path) -> Result<OwnedFd, SocketError> {
     .map_err(|e| io_err("cannot open lock file", &lock_path)(e.into()))?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(fd),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(SocketError::AlreadyRunning(socket.to_path_buf())),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(SocketError::AlreadyRunning(socket.to_path_buf()))
+        }
         Err(e) => Err(io_err("cannot lock", &lock_path)(e.into())),
     }
 }
@@ -130,7 +134,9 @@ pub fn bind(path: &Path, uid: u32) -> Result<BoundSocket, SocketError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| SocketError::Unsafe(format!("socket path {} has no directory", path.display())))?;
+        .ok_or_else(|| {
+            SocketError::Unsafe(format!("socket path {} has no directory", path.display()))
+        })?;
     prepare_dir(dir, uid)?;
     let lock = lock(path)?;
     remove_stale(path, uid)?;
@@ -139,7 +145,8 @@ pub fn bind(path: &Path, uid: u32) -> Result<BoundSocket, SocketError> {
     let bound = std::os::unix::net::UnixListener::bind(path);
     rustix::process::umask(old);
     let listener = bound.map_err(io_err("cannot bind socket", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod socket", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(io_err("cannot chmod socket", path))?;
     let m = fs::symlink_metadata(path).map_err(io_err("cannot inspect socket", path))?;
     Ok(BoundSocket {
         listener,
@@ -164,7 +171,10 @@ fn remove_stale(path: &Path, uid: u32) -> Result<(), SocketError> {
         )));
     }
     if m.uid() != uid {
-        return Err(SocketError::Unsafe(format!("socket {p} belongs to uid {}; refusing to replace it", m.uid())));
+        return Err(SocketError::Unsafe(format!(
+            "socket {p} belongs to uid {}; refusing to replace it",
+            m.uid()
+        )));
     }
     match StdUnixStream::connect(path) {
         Ok(_) => Err(SocketError::Unsafe(format!(
@@ -200,7 +210,9 @@ impl Listener for PeerCheckedListener {
                     Ok(cred) => {
                         tracing::warn!(peer_uid = cred.uid(), peer_pid = ?cred.pid(), "peer uid {} rejected", cred.uid());
                     }
-                    Err(e) => tracing::warn!("cannot read peer credentials, connection closed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("cannot read peer credentials, connection closed: {e}")
+                    }
                 },
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -237,7 +249,10 @@ mod tests {
         assert_eq!(dm, 0o700);
         assert_eq!(sm, 0o600);
         // A second daemon on the same socket loses the lock and leaves the socket alone.
-        assert!(matches!(bind(&sock, uid()), Err(SocketError::AlreadyRunning(_))));
+        assert!(matches!(
+            bind(&sock, uid()),
+            Err(SocketError::AlreadyRunning(_))
+        ));
         assert!(sock.exists());
         b.remove();
         assert!(!sock.exists());
@@ -260,7 +275,10 @@ mod tests {
         let e = bind(&link.join("s.sock"), uid()).err().unwrap().to_string();
         assert!(e.contains("symlink"), "{e}");
 
-        let e = bind(&real.join("s.sock"), uid() + 1).err().unwrap().to_string();
+        let e = bind(&real.join("s.sock"), uid() + 1)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not by you"), "{e}");
     }
 

@@ -120,7 +120,9 @@ async fn html_at_the_oidc_location_falls_back_to_rfc8414() {
     let doc = Arc::new(Mutex::new(Value::Null));
     let d = doc.clone();
     let idp = ScriptedIdp::start(move |r| {
-        if r.path.starts_with("/.well-known/oauth-authorization-server") {
+        if r.path
+            .starts_with("/.well-known/oauth-authorization-server")
+        {
             Scripted::json(200, d.lock().unwrap().clone())
         } else {
             Scripted::text(200, "text/html", "<html>app</html>")
@@ -134,7 +136,11 @@ async fn html_at_the_oidc_location_falls_back_to_rfc8414() {
 
 #[tokio::test]
 async fn bad_issuers_are_config_errors_without_a_request() {
-    for issuer in ["http://idp.example.com", "not a url", "https://idp.test/?x=1"] {
+    for issuer in [
+        "http://idp.example.com",
+        "not a url",
+        "https://idp.test/?x=1",
+    ] {
         let e = client().discover(issuer).await.unwrap_err();
         assert!(matches!(e, OAuthError::Config(_)), "{issuer}: {e:?}");
     }

@@ -11,7 +11,12 @@ const CANARY_RT: &str = "CANARY-RT-5f0c2a";
 
 async fn refresh_at(idp: &ScriptedIdp, path: &str) -> Result<TokenSet, OAuthError> {
     client()
-        .refresh(&idp.url(path), &public("cli"), &secret(CANARY_RT), &TokenParams::default())
+        .refresh(
+            &idp.url(path),
+            &public("cli"),
+            &secret(CANARY_RT),
+            &TokenParams::default(),
+        )
         .await
 }
 
@@ -48,10 +53,15 @@ async fn server_errors_and_rate_limits_are_transient_with_retry_after() {
 
     let e = refresh_at(&idp, "/503date").await.unwrap_err();
     let wait = e.retry_after().unwrap();
-    assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+    assert!(
+        wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+        "{wait:?}"
+    );
 
     let e = refresh_at(&idp, "/429").await.unwrap_err();
-    assert!(matches!(e, OAuthError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7)));
+    assert!(
+        matches!(e, OAuthError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7))
+    );
 }
 
 #[tokio::test]
@@ -84,7 +94,11 @@ async fn redirects_are_never_followed() {
     assert!(!e.to_string().contains("steal"));
     assert_clean(&e);
     assert_eq!(idp.requests().len(), 1);
-    assert_eq!(attacker.requests().len(), 0, "the refresh token was re-posted");
+    assert_eq!(
+        attacker.requests().len(),
+        0,
+        "the refresh token was re-posted"
+    );
 }
 
 #[tokio::test]
@@ -113,12 +127,20 @@ async fn wrong_token_type_and_bad_characters_are_refused() {
 async fn error_descriptions_are_sanitized_and_truncated() {
     let long = format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(500));
     let idp = ScriptedIdp::start(move |_| {
-        Scripted::json(401, json!({"error": "invalid_client", "error_description": long}))
+        Scripted::json(
+            401,
+            json!({"error": "invalid_client", "error_description": long}),
+        )
     })
     .await;
     let e = refresh_at(&idp, "/token").await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Config);
-    let OAuthError::Protocol { description: Some(d), status, .. } = &e else {
+    let OAuthError::Protocol {
+        description: Some(d),
+        status,
+        ..
+    } = &e
+    else {
         panic!("{e:?}")
     };
     assert_eq!(*status, 401);
@@ -149,11 +171,20 @@ async fn unreachable_and_stalled_servers_are_transient() {
     };
     let dead = url::Url::parse(&format!("http://127.0.0.1:{port}/token")).unwrap();
     let e = client()
-        .refresh(&dead, &public("cli"), &secret(CANARY_RT), &TokenParams::default())
+        .refresh(
+            &dead,
+            &public("cli"),
+            &secret(CANARY_RT),
+            &TokenParams::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().starts_with("cannot connect to token endpoint"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("cannot connect to token endpoint"),
+        "{e}"
+    );
     assert_clean(&e);
 
     let idp = ScriptedIdp::start(|_| {
@@ -166,7 +197,12 @@ async fn unreachable_and_stalled_servers_are_transient() {
     })
     .unwrap();
     let e = impatient
-        .refresh(&idp.url("/token"), &public("cli"), &secret(CANARY_RT), &TokenParams::default())
+        .refresh(
+            &idp.url("/token"),
+            &public("cli"),
+            &secret(CANARY_RT),
+            &TokenParams::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient);
@@ -177,7 +213,12 @@ async fn unreachable_and_stalled_servers_are_transient() {
 async fn plain_http_to_a_remote_host_is_refused_before_sending() {
     let url = url::Url::parse("http://idp.example.com/token").unwrap();
     let e = client()
-        .refresh(&url, &public("cli"), &secret(CANARY_RT), &TokenParams::default())
+        .refresh(
+            &url,
+            &public("cli"),
+            &secret(CANARY_RT),
+            &TokenParams::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, OAuthError::Config(_)), "{e:?}");

@@ -119,7 +119,12 @@ async fn refresh_sends_the_token_and_returns_rotation() {
 async fn refresh_without_rotation_returns_no_refresh_token() {
     let idp = ScriptedIdp::start(|_| Scripted::json(200, token_json("AT"))).await;
     let t = client()
-        .refresh(&idp.url("/token"), &public("cli"), &secret("RT"), &TokenParams::default())
+        .refresh(
+            &idp.url("/token"),
+            &public("cli"),
+            &secret("RT"),
+            &TokenParams::default(),
+        )
         .await
         .unwrap();
     assert!(t.refresh_token.is_none());
@@ -128,11 +133,19 @@ async fn refresh_without_rotation_returns_no_refresh_token() {
 #[tokio::test]
 async fn invalid_grant_means_login_required() {
     let idp = ScriptedIdp::start(|_| {
-        Scripted::json(400, json!({"error": "invalid_grant", "error_description": "grant request is invalid"}))
+        Scripted::json(
+            400,
+            json!({"error": "invalid_grant", "error_description": "grant request is invalid"}),
+        )
     })
     .await;
     let e = client()
-        .refresh(&idp.url("/token"), &public("cli"), &secret("RT-dead"), &TokenParams::default())
+        .refresh(
+            &idp.url("/token"),
+            &public("cli"),
+            &secret("RT-dead"),
+            &TokenParams::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::LoginRequired);
@@ -208,8 +221,14 @@ async fn device_flow_authorization_and_polls() {
         (OAuthErrorCode::ExpiredToken, ErrorClass::Denied),
     ];
     for (code, class) in expect {
-        let e = c.device_token(&token, &auth, &d.device_code).await.unwrap_err();
-        assert!(matches!(&e, OAuthError::Protocol { code: got, .. } if *got == code), "{e:?}");
+        let e = c
+            .device_token(&token, &auth, &d.device_code)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, OAuthError::Protocol { code: got, .. } if *got == code),
+            "{e:?}"
+        );
         assert_eq!(e.class(), class);
     }
     let t = c.device_token(&token, &auth, &d.device_code).await.unwrap();
@@ -267,10 +286,15 @@ async fn exchange_code_sends_a_verifier_matching_the_challenge() {
     let r = &idp.requests()[0];
     assert_eq!(r.field("grant_type").as_deref(), Some("authorization_code"));
     assert_eq!(r.field("code").as_deref(), Some("CODE-1"));
-    assert_eq!(r.field("redirect_uri").as_deref(), Some("http://127.0.0.1:4711/cb"));
+    assert_eq!(
+        r.field("redirect_uri").as_deref(),
+        Some("http://127.0.0.1:4711/cb")
+    );
     // What the server checks (RFC 7636 §4.6): S256(received verifier) == stored challenge.
     let sent = r.field("code_verifier").unwrap();
-    let recomputed = PkceVerifier::from_secret(secret(&sent)).unwrap().challenge();
+    let recomputed = PkceVerifier::from_secret(secret(&sent))
+        .unwrap()
+        .challenge();
     assert_eq!(recomputed, challenge);
 }
 
@@ -309,7 +333,14 @@ async fn revoke_outcomes() {
         .unwrap_err();
     assert!(matches!(
         e,
-        OAuthError::Protocol { code: OAuthErrorCode::UnsupportedTokenType, status: 400, .. }
+        OAuthError::Protocol {
+            code: OAuthErrorCode::UnsupportedTokenType,
+            status: 400,
+            ..
+        }
     ));
-    assert_eq!(idp.requests()[2].field("token_type_hint").as_deref(), Some("access_token"));
+    assert_eq!(
+        idp.requests()[2].field("token_type_hint").as_deref(),
+        Some("access_token")
+    );
 }

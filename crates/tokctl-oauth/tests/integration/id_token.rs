@@ -54,7 +54,10 @@ impl Keys {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn claims() -> Value {
@@ -67,7 +70,11 @@ fn with(mut c: Value, key: &str, v: Value) -> Value {
     c
 }
 
-async fn validate(idp: &ScriptedIdp, token: &str, nonce: Option<&str>) -> Result<tokctl_oauth::IdClaims, OAuthError> {
+async fn validate(
+    idp: &ScriptedIdp,
+    token: &str,
+    nonce: Option<&str>,
+) -> Result<tokctl_oauth::IdClaims, OAuthError> {
     client()
         .validate_id_token(&idp.url("/jwks"), &secret(token), ISS, CLIENT, nonce)
         .await
@@ -83,25 +90,43 @@ async fn valid_tokens_verify_with_eddsa_and_es256() {
     let keys = Keys::new();
     let idp = jwks_server(&keys).await;
 
-    let c = validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &claims()), Some(NONCE))
-        .await
-        .unwrap();
+    let c = validate(
+        &idp,
+        &keys.sign(Algorithm::EdDSA, "ed", &claims()),
+        Some(NONCE),
+    )
+    .await
+    .unwrap();
     assert_eq!(c.sub, "user-1");
     assert_eq!(c.iss, ISS);
     assert_eq!(c.aud, [CLIENT]);
     assert_eq!(c.email.as_deref(), Some("a@b.test"));
     assert_eq!(c.preferred_username.as_deref(), Some("alice"));
 
-    let multi = with(with(claims(), "aud", json!([CLIENT, "api"])), "azp", json!(CLIENT));
-    let c = validate(&idp, &keys.sign(Algorithm::ES256, "ec", &multi), Some(NONCE))
-        .await
-        .unwrap();
+    let multi = with(
+        with(claims(), "aud", json!([CLIENT, "api"])),
+        "azp",
+        json!(CLIENT),
+    );
+    let c = validate(
+        &idp,
+        &keys.sign(Algorithm::ES256, "ec", &multi),
+        Some(NONCE),
+    )
+    .await
+    .unwrap();
     assert_eq!(c.aud, [CLIENT, "api"]);
     assert_eq!(c.azp.as_deref(), Some(CLIENT));
 
     // Within the 60 s leeway.
     let recent = with(claims(), "exp", json!(now() - 30));
-    assert!(validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &recent), Some(NONCE)).await.is_ok());
+    assert!(validate(
+        &idp,
+        &keys.sign(Algorithm::EdDSA, "ed", &recent),
+        Some(NONCE)
+    )
+    .await
+    .is_ok());
 
     // After a refresh there is no nonce to compare.
     let no_nonce = {
@@ -109,8 +134,18 @@ async fn valid_tokens_verify_with_eddsa_and_es256() {
         c.as_object_mut().unwrap().remove("nonce");
         c
     };
-    assert!(validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &no_nonce), None).await.is_ok());
-    let e = validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &no_nonce), Some(NONCE)).await.unwrap_err();
+    assert!(
+        validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &no_nonce), None)
+            .await
+            .is_ok()
+    );
+    let e = validate(
+        &idp,
+        &keys.sign(Algorithm::EdDSA, "ed", &no_nonce),
+        Some(NONCE),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("no nonce"), "{e}");
 }
 
@@ -119,19 +154,34 @@ async fn claim_violations_are_refused() {
     let keys = Keys::new();
     let idp = jwks_server(&keys).await;
     let cases: Vec<(Value, &str)> = vec![
-        (with(claims(), "nonce", json!("other")), "nonce does not match"),
+        (
+            with(claims(), "nonce", json!("other")),
+            "nonce does not match",
+        ),
         (with(claims(), "exp", json!(now() - 3600)), "expired"),
         (with(claims(), "exp", json!("never")), "ID token"),
-        (with(claims(), "iss", json!(format!("{ISS}/"))), "not issued by"),
-        (with(claims(), "aud", json!("someone-else")), "not meant for client"),
+        (
+            with(claims(), "iss", json!(format!("{ISS}/"))),
+            "not issued by",
+        ),
+        (
+            with(claims(), "aud", json!("someone-else")),
+            "not meant for client",
+        ),
         (with(claims(), "aud", json!([CLIENT, "api"])), "no azp"),
-        (with(claims(), "azp", json!("someone-else")), "another party"),
+        (
+            with(claims(), "azp", json!("someone-else")),
+            "another party",
+        ),
         (with(claims(), "nbf", json!(now() + 3600)), "not valid yet"),
-        ({
-            let mut c = claims();
-            c.as_object_mut().unwrap().remove("sub");
-            c
-        }, "sub"),
+        (
+            {
+                let mut c = claims();
+                c.as_object_mut().unwrap().remove("sub");
+                c
+            },
+            "sub",
+        ),
     ];
     for (c, expect) in cases {
         let e = validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &c), Some(NONCE))
@@ -150,29 +200,47 @@ async fn forged_and_unsigned_tokens_are_refused() {
 
     // Signed by a key the issuer never published, under a published kid.
     let forger = Keys::new();
-    let e = validate(&idp, &forger.sign(Algorithm::EdDSA, "ed", &claims()), Some(NONCE))
-        .await
-        .unwrap_err();
+    let e = validate(
+        &idp,
+        &forger.sign(Algorithm::EdDSA, "ed", &claims()),
+        Some(NONCE),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("signature does not verify"), "{e}");
 
     // Payload swapped after signing.
     let good = keys.sign(Algorithm::EdDSA, "ed", &claims());
-    let evil = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&with(claims(), "sub", json!("admin"))).unwrap());
+    let evil =
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&with(claims(), "sub", json!("admin"))).unwrap());
     let parts: Vec<&str> = good.split('.').collect();
     let spliced = format!("{}.{}.{}", parts[0], evil, parts[2]);
-    assert!(matches!(validate(&idp, &spliced, Some(NONCE)).await, Err(OAuthError::IdToken(_))));
+    assert!(matches!(
+        validate(&idp, &spliced, Some(NONCE)).await,
+        Err(OAuthError::IdToken(_))
+    ));
 
     // Unknown kid.
-    let e = validate(&idp, &keys.sign(Algorithm::EdDSA, "rotated-away", &claims()), Some(NONCE))
-        .await
-        .unwrap_err();
+    let e = validate(
+        &idp,
+        &keys.sign(Algorithm::EdDSA, "rotated-away", &claims()),
+        Some(NONCE),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("no key at"), "{e}");
 
     // alg none, and HMAC with the JWKS's own "oct" key as the secret.
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims()).unwrap());
-    let none = format!("{}.{payload}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#));
+    let none = format!(
+        "{}.{payload}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#)
+    );
     let hs = jsonwebtoken::encode(
-        &Header { kid: Some("hmac".into()), ..Header::new(Algorithm::HS256) },
+        &Header {
+            kid: Some("hmac".into()),
+            ..Header::new(Algorithm::HS256)
+        },
         &claims(),
         &EncodingKey::from_secret(b"secret"),
     )
@@ -190,8 +258,12 @@ async fn forged_and_unsigned_tokens_are_refused() {
 async fn jwks_outage_is_transient() {
     let keys = Keys::new();
     let idp = ScriptedIdp::start(|_| Scripted::text(503, "text/plain", "")).await;
-    let e = validate(&idp, &keys.sign(Algorithm::EdDSA, "ed", &claims()), Some(NONCE))
-        .await
-        .unwrap_err();
+    let e = validate(
+        &idp,
+        &keys.sign(Algorithm::EdDSA, "ed", &claims()),
+        Some(NONCE),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient, "{e:?}");
 }

@@ -152,7 +152,11 @@ impl ScriptedIdp {
                         let log = log.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let rec = Recorded {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_owned(),
@@ -168,7 +172,9 @@ impl ScriptedIdp {
                             for (k, v) in &answer.headers {
                                 resp = resp.header(k, v);
                             }
-                            Ok::<_, Infallible>(resp.body(Full::new(Bytes::from(answer.body))).unwrap())
+                            Ok::<_, Infallible>(
+                                resp.body(Full::new(Bytes::from(answer.body))).unwrap(),
+                            )
                         }
                     });
                     match tls {

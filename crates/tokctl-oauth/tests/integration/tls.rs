@@ -93,7 +93,11 @@ async fn ca_file_makes_a_private_ca_trusted_and_nothing_else_does() {
         .unwrap_err();
     assert!(matches!(e, OAuthError::Tls(_)), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Config);
-    assert!(e.to_string().contains("certificate not trusted for 127.0.0.1"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("certificate not trusted for 127.0.0.1"),
+        "{e}"
+    );
     assert!(e.to_string().contains("ca_file"), "{e}");
 
     // Another CA's file does not help either.
@@ -117,11 +121,19 @@ async fn certificate_for_another_host_fails_closed() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let e = client_with(Some(ca.pem_file(&dir)))
-        .refresh(&idp.url("/token"), &public("cli"), &secret("RT"), &TokenParams::default())
+        .refresh(
+            &idp.url("/token"),
+            &public("cli"),
+            &secret("RT"),
+            &TokenParams::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, OAuthError::Tls(_)), "{e:?}");
-    assert!(e.to_string().contains("not valid for that host name"), "{e}");
+    assert!(
+        e.to_string().contains("not valid for that host name"),
+        "{e}"
+    );
     assert!(idp.requests().is_empty());
 }
 
@@ -130,7 +142,11 @@ fn unusable_ca_files_are_config_errors_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.pem");
     let garbage = dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "no pem here\n").unwrap();
     for path in [missing, garbage, empty] {
