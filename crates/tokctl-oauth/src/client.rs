@@ -441,9 +441,11 @@ impl OAuthClient {
         if reply.overloaded() {
             return Err(reply.transient_status(&t));
         }
-        if let (true, Body::Object(m)) = (reply.status.is_client_error(), reply.parse()) {
-            if let Some(err) = reply.protocol_error(&t, &m) {
-                return Err(err);
+        if reply.status.is_client_error() {
+            if let Body::Object(m) = reply.parse() {
+                if let Some(err) = reply.protocol_error(&t, &m) {
+                    return Err(err);
+                }
             }
         }
         Err(OAuthError::transient(format!(

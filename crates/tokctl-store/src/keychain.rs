@@ -220,12 +220,12 @@ impl Keychain {
     }
 }
 
+/// One keychain operation: gets the store and whether to set labels.
+type Op<'a, T> = &'a dyn Fn(&Arc<CredentialStore>, bool) -> Result<T, StoreError>;
+
 impl Ctx {
     /// Runs one operation; after a platform failure, rebuilds the store and retries once.
-    fn run<T>(
-        &mut self,
-        op: &dyn Fn(&Arc<CredentialStore>, bool) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn run<T>(&mut self, op: Op<'_, T>) -> Result<T, StoreError> {
         if let Some(store) = &self.store {
             match op(store, self.label) {
                 Err(StoreError::Unavailable(why)) => {
