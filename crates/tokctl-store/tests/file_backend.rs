@@ -243,7 +243,7 @@ async fn unparsable_file_is_corrupt_and_the_message_holds_no_secret() {
         ),
         format!("{{\"version\":1,\"secrets\":{{\"work:refresh_token\":[\"{CANARY}\"]}}}}"),
         format!("{{\"version\":1,\"secrets\":{{\"work:refresh_token\":\"{CANARY}"),
-        format!("{CANARY}"),
+        CANARY.to_string(),
         String::new(),
     ] {
         write(&text);

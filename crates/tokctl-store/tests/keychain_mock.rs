@@ -518,7 +518,7 @@ async fn an_altered_write_is_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_keychain_times_out_fails_fast_then_recovers() {
-    let timeout = Duration::from_millis(300);
+    let timeout = Duration::from_secs(2);
     let s = Scripted::new(Writes::Keep);
     let store = open_scripted(&s, timeout).await;
     let key = SecretKey::refresh_token("work");
@@ -535,7 +535,7 @@ async fn a_hung_keychain_times_out_fails_fast_then_recovers() {
     let t1 = Instant::now();
     let e = store.set(&key, &secret("LATE")).await.unwrap_err();
     assert!(
-        t1.elapsed() < Duration::from_millis(100),
+        t1.elapsed() < Duration::from_secs(1),
         "took {:?}",
         t1.elapsed()
     );

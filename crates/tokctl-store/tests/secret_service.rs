@@ -16,6 +16,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokctl_store::{Backend, SecretKey, Store, StoreError};
 
 const CANARY: &str = "CANARY-RT-a8c4f0e2-secret-service";
+/// Well below the store timeout in this test (3 s): "failed at once" rather than "waited it out",
+/// with room for a loaded CI machine.
+const FAST: Duration = Duration::from_secs(1);
 const INSTALL: &str =
     "install them with `apt-get install -y gnome-keyring libsecret-tools dbus-x11`";
 
@@ -264,7 +267,7 @@ fn secret_service_end_to_end() {
 
     // 3. With gnome-keyring: round trip, visible to secret-tool under the documented names.
     let keyring = start_keyring(&env);
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(3);
     let store = rt
         .block_on(Store::open_with_timeout(Backend::Keychain, timeout))
         .expect("open the Secret Service");
@@ -345,11 +348,7 @@ fn secret_service_end_to_end() {
     let t1 = Instant::now();
     let e = rt.block_on(store.get(&rt_key)).unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
-    assert!(
-        t1.elapsed() < Duration::from_millis(200),
-        "took {:?}",
-        t1.elapsed()
-    );
+    assert!(t1.elapsed() < FAST, "took {:?}", t1.elapsed());
     // Opening while the provider hangs: a timeout, and then no more threads piled up behind
     // it: a second open fails at once.
     let e = rt
@@ -361,11 +360,7 @@ fn secret_service_end_to_end() {
         Err(StoreError::Unavailable(msg)) => assert!(msg.contains("has not returned"), "{msg}"),
         other => panic!("second open during a hang: {other:?}"),
     }
-    assert!(
-        t1.elapsed() < Duration::from_millis(200),
-        "took {:?}",
-        t1.elapsed()
-    );
+    assert!(t1.elapsed() < FAST, "took {:?}", t1.elapsed());
     kill_process(keyring.pid(), Signal::Cont).unwrap();
     let got = rt.block_on(get_eventually(&store, &rt_key, Duration::from_secs(10)));
     assert_eq!(got.unwrap().expose_secret(), "R2");
