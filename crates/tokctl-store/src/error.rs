@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Why a store operation failed. No variant ever carries a secret: messages name the
 /// secret (profile and kind) and the place, never its value or the bytes around it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// No keychain answered: no D-Bus session, no Secret Service provider, or another
     /// platform failure. The message says what to do.

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -383,50 +384,59 @@ fn safe_text(e: KError) -> String {
     }
 }
 
-/// Platform stores being built right now, and since when the first of them has been.
-/// Guards against piling up threads stuck in a hung provider when a daemon keeps
-/// retrying `open`: once a build has hung past the timeout, further opens fail at once.
-static BUILDING: Mutex<(usize, Option<Instant>)> = Mutex::new((0, None));
+/// Opens of the platform keychain that timed out and whose store build has still not
+/// returned. While there is one, the provider is hung and further opens fail at once, so a
+/// daemon that keeps retrying `open` does not pile up threads stuck in it.
+static STUCK_OPENS: AtomicUsize = AtomicUsize::new(0);
+
+/// How one open's first store build and its opener's timeout meet; both sides update it
+/// under its lock, so a build that returns just as its opener gives up is counted right.
+#[derive(Default)]
+struct OpenState {
+    built: bool,
+    abandoned: bool,
+}
+
+/// Marks an open's first build as returned (also when it panics).
+struct FirstBuild(Option<Arc<Mutex<OpenState>>>);
+
+impl Drop for FirstBuild {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.built = true;
+            if s.abandoned {
+                STUCK_OPENS.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
 
 /// Opens the platform keychain.
 pub(crate) async fn open_platform(timeout: Duration) -> Result<Keychain, StoreError> {
-    let since = BUILDING.lock().unwrap_or_else(|p| p.into_inner()).1;
-    if let Some(since) = since {
-        let stuck = since.elapsed();
-        if stuck >= timeout {
-            return Err(StoreError::Unavailable(format!(
-                "an earlier attempt to open the keychain has not returned for {}s; restart its \
-                 provider (e.g. gnome-keyring-daemon), or opt in to store = \"file\" in the tokctl config",
-                stuck.as_secs()
-            )));
-        }
+    if STUCK_OPENS.load(Ordering::SeqCst) > 0 {
+        return Err(StoreError::Unavailable(
+            "an earlier attempt to open the keychain has not returned; restart its provider \
+             (e.g. gnome-keyring-daemon), or opt in to store = \"file\" in the tokctl config"
+                .into(),
+        ));
     }
     let (make, description, label) = platform()?;
+    let state = Arc::new(Mutex::new(OpenState::default()));
+    let first = Mutex::new(Some(state.clone()));
     let tracked: MakeStore = Box::new(move || {
-        {
-            let mut b = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-            if b.0 == 0 {
-                b.1 = Some(Instant::now());
-            }
-            b.0 += 1;
-        }
-        let _done = BuildDone;
+        let _first = FirstBuild(first.lock().unwrap_or_else(|p| p.into_inner()).take());
         make()
     });
-    Keychain::open(tracked, description.to_owned(), label, timeout).await
-}
-
-/// Marks the end of a platform store build, also when it panics.
-struct BuildDone;
-
-impl Drop for BuildDone {
-    fn drop(&mut self) {
-        let mut b = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-        b.0 = b.0.saturating_sub(1);
-        if b.0 == 0 {
-            b.1 = None;
+    let opened = Keychain::open(tracked, description.to_owned(), label, timeout).await;
+    if let Err(StoreError::Timeout(_)) = opened {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.built {
+            s.abandoned = true;
+            STUCK_OPENS.fetch_add(1, Ordering::SeqCst);
         }
     }
+    opened
 }
 
 /// The platform keychain: how to build it, how to describe it, whether it takes labels.

@@ -30,6 +30,9 @@ use secrecy::SecretString;
 
 pub use error::StoreError;
 pub use key::{SecretKey, SecretKind};
+/// The keychain abstraction underneath, re-exported for [`Store::open_keychain_with`]
+/// (its `mock` module gives tests an in-memory keychain with error injection).
+pub use keyring_core;
 
 /// The keychain service name of every tokctl item.
 pub const SERVICE: &str = "tokctl";

@@ -1023,8 +1023,13 @@ mod tests {
 
     #[test]
     fn usable_respects_min_ttl_and_short_lifetimes() {
-        let c = cached(3600);
+        let mut c = cached(3600);
         assert!(c.usable(Duration::from_secs(30)));
+        // Asking for more than the lifetime is met by a fresh token only.
+        assert!(c.usable(Duration::from_secs(3601)));
+        c.expires = Deadline::after(Duration::from_secs(3000));
+        assert!(c.usable(Duration::from_secs(2999)));
+        assert!(!c.usable(Duration::from_secs(3001)));
         assert!(!c.usable(Duration::from_secs(3601)));
         // A 20 s token satisfies a 30 s min-ttl only when freshly issued.
         let c = cached(20);
