@@ -13,16 +13,24 @@ if [ ! -d tests/idp/node_modules/oidc-provider ]; then
     npm ci --prefix tests/idp --no-audit --no-fund
 fi
 
+# The authorization-code login tests drive headless Chromium through tests/browser.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    step "npm ci --prefix tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The end-to-end tests run these binaries from target/<profile>/; `cargo test` alone
-# does not build the binaries of other packages.
-step "cargo build --workspace --bins"
-cargo build --workspace --bins
+# The end-to-end tests run the binaries from target/<profile>/, and `cargo test` alone
+# does not build the binaries of other packages. --all-targets, not --bins: it resolves
+# features as the test build does (dev-dependencies included), so the test build below
+# reuses every crate instead of compiling half the tree a second time.
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
 
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run --workspace"

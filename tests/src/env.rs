@@ -264,6 +264,13 @@ impl TestEnv {
         self.run(c, None)
     }
 
+    /// Runs `tokctl` with `args` and `stdin`.
+    pub fn tokctl(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let mut c = self.cmd("tokctl");
+        c.args(args);
+        self.run(c, stdin)
+    }
+
     /// Starts `tokctld` with `args` in the foreground of this environment (stdout and
     /// stderr to `logs/tokctld.N.log`) and waits until its socket answers `/v1/status`.
     /// Returns its pid; it is ended on drop.
@@ -543,6 +550,11 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
+}
+
+/// A command's output as trimmed text (lossy UTF-8), for assertions and messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
 }
 
 #[cfg(test)]

@@ -16,13 +16,15 @@ mod error;
 mod http;
 mod idp;
 mod keychain;
+mod login;
 mod proc;
 
-pub use env::{bin_dir, TestEnv, RUN_TIMEOUT};
+pub use env::{bin_dir, text, TestEnv, RUN_TIMEOUT};
 pub use error::{Error, Result};
 pub use idp::{
     defaults, idp_dir, ClientAuth, Consent, DeviceAuthorization, Endpoint, EndpointStats, Failure,
     Idp, IdpConfig, IdpResource, IdpTls, IdpUser, Redirect, TestClient, TokenReply, DEVICE_GRANT,
 };
 pub use keychain::Keychain;
+pub use login::LoginSession;
 pub use proc::{is_alive, run, signal, wait_gone, Sig};

@@ -1,9 +1,8 @@
 //! Issue #2 end to end: client credentials through the real daemon, a real keychain and a
 //! real oidc-provider IdP.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
-use tokctl_e2e::{defaults, Idp, IdpConfig, Result, TestEnv};
+use tokctl_e2e::{defaults, text, Idp, IdpConfig, Result, TestEnv};
 
 fn cc_config(issuer: &str, client: &str, auth: &str) -> String {
     format!(
@@ -12,31 +11,16 @@ fn cc_config(issuer: &str, client: &str, auth: &str) -> String {
     )
 }
 
-fn tokctl(env: &TestEnv, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
-    let mut c = env.cmd("tokctl");
-    c.args(args);
-    env.run(c, stdin)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_string()
-}
-
 /// Sets up a client-credentials profile with its secret stored through `tokctl secret set`.
 fn cc_env(idp: &Idp, client: &str, secret: &str, auth: &str) -> Result<TestEnv> {
     let env = TestEnv::new()?;
     env.write_config(&cc_config(idp.issuer(), client, auth))?;
     env.spawn_daemon(&[])?;
-    let o = tokctl(
-        &env,
+    let o = env.tokctl(
         &["secret", "set", "ci"],
         Some(format!("{secret}\n").as_bytes()),
     )?;
-    assert!(o.status.success(), "secret set failed: {}", stderr(&o));
+    assert!(o.status.success(), "secret set failed: {}", text(&o.stderr));
     Ok(env)
 }
 
@@ -50,9 +34,9 @@ fn client_credentials_token_is_active_cached_and_secret_lives_only_in_the_keycha
         "client_secret_basic",
     )?;
 
-    let o = tokctl(&env, &["get"], None)?;
-    assert!(o.status.success(), "get failed: {}", stderr(&o));
-    let token = stdout(&o);
+    let o = env.tokctl(&["get"], None)?;
+    assert!(o.status.success(), "get failed: {}", text(&o.stderr));
+    let token = text(&o.stdout);
     assert!(!token.is_empty());
     let intro = idp.introspect(&token)?;
     assert_eq!(intro["active"], true, "introspection: {intro}");
@@ -60,8 +44,8 @@ fn client_credentials_token_is_active_cached_and_secret_lives_only_in_the_keycha
 
     // The second get is served from the cache: same token, no new token request.
     let before = idp.token_requests()?.total;
-    let o = tokctl(&env, &["get", "ci", "--format", "json"], None)?;
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.tokctl(&["get", "ci", "--format", "json"], None)?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json output");
     assert_eq!(j["access_token"], token.as_str());
     assert_eq!(j["profile"], "ci");
@@ -82,7 +66,7 @@ fn client_credentials_token_is_active_cached_and_secret_lives_only_in_the_keycha
     let files = env.files_containing(&token)?;
     assert!(files.is_empty(), "access token found in files: {files:?}");
 
-    let o = tokctl(&env, &["status", "--json"], None)?;
+    let o = env.tokctl(&["status", "--json"], None)?;
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
     assert_eq!(s["profiles"][0]["name"], "ci");
     assert_eq!(s["profiles"][0]["state"], "valid");
@@ -98,9 +82,9 @@ fn client_secret_post_works_and_header_format() -> Result<()> {
         defaults::CC_POST_SECRET,
         "client_secret_post",
     )?;
-    let o = tokctl(&env, &["get", "--format", "header"], None)?;
-    assert!(o.status.success(), "{}", stderr(&o));
-    let line = stdout(&o);
+    let o = env.tokctl(&["get", "--format", "header"], None)?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let line = text(&o.stdout);
     let token = line
         .strip_prefix("Authorization: Bearer ")
         .expect("header format");
@@ -121,7 +105,7 @@ fn the_daemon_renews_before_expiry_without_being_asked() -> Result<()> {
         defaults::CC_BASIC_SECRET,
         "client_secret_basic",
     )?;
-    let first = stdout(&tokctl(&env, &["get", "--min-ttl", "1s"], None)?);
+    let first = text(&env.tokctl(&["get", "--min-ttl", "1s"], None)?.stdout);
     let after_first = idp.token_requests()?.total;
     // 8 s tokens: the margin is half the lifetime (plus jitter), so a renewal is due at
     // about 4 s; give the scheduler until 7.5 s, before the old token expires.
@@ -134,7 +118,7 @@ fn the_daemon_renews_before_expiry_without_being_asked() -> Result<()> {
         after_first + 1,
         "no background renewal before expiry"
     );
-    let second = stdout(&tokctl(&env, &["get", "--min-ttl", "1s"], None)?);
+    let second = text(&env.tokctl(&["get", "--min-ttl", "1s"], None)?.stdout);
     assert_ne!(first, second, "the renewed token should be served");
     assert_eq!(
         idp.token_requests()?.total,
@@ -154,9 +138,9 @@ fn wrong_secret_is_one_clear_line_naming_invalid_client_exit_2() -> Result<()> {
         "not-the-secret",
         "client_secret_basic",
     )?;
-    let o = tokctl(&env, &["get"], None)?;
-    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
-    let err = stderr(&o);
+    let o = env.tokctl(&["get"], None)?;
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", text(&o.stderr));
+    let err = text(&o.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("invalid_client"), "{err}");
     assert!(
@@ -177,8 +161,8 @@ fn idp_down_and_no_valid_token_exits_5() -> Result<()> {
         "client_secret_basic",
     )?;
     idp.stop()?;
-    let o = tokctl(&env, &["get"], None)?;
-    assert_eq!(o.status.code(), Some(5), "stderr: {}", stderr(&o));
+    let o = env.tokctl(&["get"], None)?;
+    assert_eq!(o.status.code(), Some(5), "stderr: {}", text(&o.stderr));
     assert!(o.stdout.is_empty());
     // The daemon keeps running.
     assert!(env.daemon_status()?.is_some());
@@ -207,21 +191,20 @@ fn a_missing_daemon_is_started_and_racing_clients_leave_one() -> Result<()> {
         .collect();
     for ch in children {
         let o = ch.wait_with_output().expect("wait");
-        assert!(o.status.success(), "status failed: {}", stderr(&o));
+        assert!(o.status.success(), "status failed: {}", text(&o.stderr));
     }
     let pid = env.daemon_pid().expect("a daemon answers");
     std::thread::sleep(Duration::from_millis(300));
     let alive = env.daemons_by_environment();
     assert_eq!(alive, vec![pid], "exactly one daemon must survive");
     // And it serves tokens once a secret is set.
-    let o = tokctl(
-        &env,
+    let o = env.tokctl(
         &["secret", "set", "ci"],
         Some(defaults::CC_BASIC_SECRET.as_bytes()),
     )?;
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = tokctl(&env, &["get"], None)?;
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = env.tokctl(&["get"], None)?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
     Ok(())
 }
 
@@ -229,8 +212,8 @@ fn a_missing_daemon_is_started_and_racing_clients_leave_one() -> Result<()> {
 fn no_autostart_means_exit_3() -> Result<()> {
     let mut env = TestEnv::new()?;
     env.set_env("TOKCTL_NO_AUTOSTART", "1");
-    let o = tokctl(&env, &["get"], None)?;
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let o = env.tokctl(&["get"], None)?;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     Ok(())
 }
 
@@ -243,7 +226,7 @@ fn another_uid_gets_nothing() -> Result<()> {
         defaults::CC_BASIC_SECRET,
         "client_secret_basic",
     )?;
-    assert_eq!(tokctl(&env, &["get"], None)?.status.code(), Some(0));
+    assert_eq!(env.tokctl(&["get"], None)?.status.code(), Some(0));
     // Open the path up so that only the peer-credential check stands in the way.
     let sock = env.socket_path();
     let mut p = sock.clone();
@@ -272,11 +255,15 @@ fn another_uid_gets_nothing() -> Result<()> {
         .env("HOME", "/nonexistent");
     let o = env.run(c, None)?;
     assert!(!o.status.success(), "another uid got an answer");
-    assert!(o.stdout.is_empty(), "another uid got bytes: {}", stdout(&o));
+    assert!(
+        o.stdout.is_empty(),
+        "another uid got bytes: {}",
+        text(&o.stdout)
+    );
     let log = env.daemon_log(0);
     assert!(log.contains("peer uid 65534 rejected"), "daemon log: {log}");
     // The daemon still serves its own user.
-    assert_eq!(tokctl(&env, &["get"], None)?.status.code(), Some(0));
+    assert_eq!(env.tokctl(&["get"], None)?.status.code(), Some(0));
     Ok(())
 }
 
@@ -286,21 +273,21 @@ fn a_bad_config_is_reported_with_file_and_line() -> Result<()> {
     let path = env.write_config("[profile.ci]\nissuer = \"https://idp.example.com\"\nclient_id = \"x\"\ngrnt = \"password\"\n")?;
     let o = env.run_bin("tokctld", &[])?;
     assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
+    let err = text(&o.stderr);
     assert!(err.contains(&format!("{}:4", path.display())), "{err}");
     assert!(err.contains("grnt"), "{err}");
     // Through the client's autostart, the user sees the same line.
-    let o = tokctl(&env, &["get"], None)?;
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("grnt"), "{}", stderr(&o));
+    let o = env.tokctl(&["get"], None)?;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("grnt"), "{}", text(&o.stderr));
     // An http issuer that is not loopback is refused too.
     env.write_config("[profile.ci]\nissuer = \"http://idp.example.com\"\nclient_id = \"x\"\ngrant = \"client_credentials\"\n")?;
     let o = env.run_bin("tokctld", &[])?;
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains(":2: profile.ci.issuer"),
+        text(&o.stderr).contains(":2: profile.ci.issuer"),
         "{}",
-        stderr(&o)
+        text(&o.stderr)
     );
     Ok(())
 }
@@ -315,16 +302,15 @@ fn no_keychain_is_a_clear_error_never_a_plaintext_fallback() -> Result<()> {
         "client_secret_basic",
     ))?;
     env.spawn_daemon(&[])?;
-    let o = tokctl(
-        &env,
+    let o = env.tokctl(
         &["secret", "set", "ci"],
         Some(defaults::CC_BASIC_SECRET.as_bytes()),
     )?;
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("secret store unavailable"),
+        text(&o.stderr).contains("secret store unavailable"),
         "{}",
-        stderr(&o)
+        text(&o.stderr)
     );
     assert!(env.files_containing(defaults::CC_BASIC_SECRET)?.is_empty());
     // The daemon is still up.

@@ -101,6 +101,7 @@ struct RawProfile {
     device_authorization_endpoint: Option<Spanned<String>>,
     authorization_endpoint: Option<Spanned<String>>,
     revocation_endpoint: Option<Spanned<String>>,
+    jwks_uri: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +123,8 @@ pub struct ExplicitEndpoints {
     pub authorization: Option<Url>,
     /// Revocation endpoint.
     pub revocation: Option<Url>,
+    /// Where the IdP's ID-token signing keys are (needed with `openid` and no discovery).
+    pub jwks: Option<Url>,
 }
 
 /// One validated `[profile.NAME]`.
@@ -293,6 +296,7 @@ impl Config {
                 authorization: cx
                     .endpoint(&p.authorization_endpoint, &key("authorization_endpoint"))?,
                 revocation: cx.endpoint(&p.revocation_endpoint, &key("revocation_endpoint"))?,
+                jwks: cx.endpoint(&p.jwks_uri, &key("jwks_uri"))?,
             };
             profiles.insert(
                 name.clone(),

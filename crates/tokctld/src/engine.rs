@@ -258,6 +258,9 @@ impl ProfileRt {
         if let Some(u) = &ep.revocation {
             meta.revocation_endpoint = Some(u.clone());
         }
+        if let Some(u) = &ep.jwks {
+            meta.jwks_uri = Some(u.clone());
+        }
         let m = Arc::new(meta);
         *g = Some(m.clone());
         Ok(m)

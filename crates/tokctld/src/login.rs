@@ -160,7 +160,7 @@ async fn run(
             ))
         }
     };
-    finish(engine, prof, ts, nonce.as_deref()).await
+    finish(engine, prof, ts, nonce.as_deref(), tx).await
 }
 
 /// Validates the ID token when present, stores the refresh token, caches the access token.
@@ -169,6 +169,7 @@ async fn finish(
     prof: &Arc<ProfileRt>,
     mut ts: TokenSet,
     nonce: Option<&str>,
+    tx: &Events,
 ) -> Result<(), ApiError> {
     if prof.cfg.scopes.iter().any(|s| s == "openid") {
         if let Some(id) = &ts.id_token {
@@ -177,7 +178,7 @@ async fn finish(
                 ApiError::new(
                     ErrorCode::Config,
                     format!(
-                        "profile {}: the IdP sent an ID token but publishes no jwks_uri",
+                        "profile {}: the IdP sent an ID token but publishes no jwks_uri (set jwks_uri, or drop openid from scopes)",
                         prof.cfg.name
                     ),
                 )
@@ -192,25 +193,24 @@ async fn finish(
     }
     let _rt = prof.rt_lock.lock().await;
     let rt = ts.refresh_token.take();
-    match &rt {
+    prof.credentials_changed(None, None);
+    match rt {
+        // A failed write keeps the token in memory for the scheduler to save later, as
+        // for a rotation: the login is not lost because the keychain hiccuped.
         Some(rt) => {
-            engine
-                .secrets
-                .set(&prof.cfg.name, SecretKind::RefreshToken, rt)
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::Other,
-                        format!("logged in, but the refresh token could not be stored: {e}"),
-                    )
-                })?;
+            if let Err(e) = prof.save_refresh_token(&engine.secrets, rt).await {
+                let _ = tx
+                    .send(LoginEvent::Info {
+                        message: format!("warning: logged in, but {}", e.message),
+                    })
+                    .await;
+            }
         }
         None => tracing::warn!(
             profile = %prof.cfg.name,
             "the IdP issued no refresh token; you will have to log in again when the access token expires (is offline_access in scopes?)"
         ),
     }
-    prof.credentials_changed(rt, None);
     prof.cache_base_token(ts);
     engine.wake();
     tracing::info!(profile = %prof.cfg.name, "logged in");
