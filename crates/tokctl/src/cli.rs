@@ -24,6 +24,10 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Show the daemon and every profile.
     Status(StatusArgs),
+    /// Run a command with the access token in its environment.
+    Exec(ExecArgs),
+    /// Print a kubectl ExecCredential (for `users[].user.exec` in a kubeconfig).
+    Kube(KubeArgs),
     /// Manage client secrets of confidential clients.
     Secret {
         /// What to do with the secret.
@@ -115,6 +119,54 @@ pub struct LoginArgs {
     /// Password grant: read the password from stdin (needs --username).
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
+}
+
+/// `tokctl exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Profile to use.
+    pub profile: String,
+    /// The environment variable that carries the token.
+    #[arg(long, value_name = "NAME", default_value = "TOKCTL_ACCESS_TOKEN")]
+    pub env: String,
+    /// The token stays valid at least this long when the command starts.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_ttl: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+impl ExecArgs {
+    /// The socket query for these arguments.
+    pub fn query(&self) -> TokenQuery {
+        profile_query(&self.profile, self.min_ttl)
+    }
+}
+
+/// `tokctl kube`.
+#[derive(Args, Debug)]
+pub struct KubeArgs {
+    /// Profile to use.
+    pub profile: String,
+    /// The token stays valid at least this long (kubectl caches it until it expires).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_ttl: Duration,
+}
+
+impl KubeArgs {
+    /// The socket query for these arguments.
+    pub fn query(&self) -> TokenQuery {
+        profile_query(&self.profile, self.min_ttl)
+    }
+}
+
+fn profile_query(profile: &str, min_ttl: Duration) -> TokenQuery {
+    TokenQuery {
+        profile: Some(profile.to_owned()),
+        min_ttl_secs: ceil_secs(min_ttl),
+        ..TokenQuery::default()
+    }
 }
 
 /// `tokctl logout`.
@@ -239,6 +291,24 @@ mod tests {
             panic!("not status")
         };
         assert!(!s.json);
+    }
+
+    #[test]
+    fn exec_needs_a_command_after_dashes() {
         assert!(parse(&["exec", "p"]).is_err());
+        assert!(parse(&["exec", "p", "cmd"]).is_err());
+        let Command::Exec(e) = parse(&["exec", "p", "--env", "T", "--", "curl", "-v"])
+            .unwrap()
+            .command
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(e.env, "T");
+        assert_eq!(e.command, ["curl", "-v"]);
+        assert_eq!(e.query().profile.as_deref(), Some("p"));
+        let Command::Kube(k) = parse(&["kube", "p"]).unwrap().command else {
+            panic!("not kube")
+        };
+        assert_eq!(k.query().min_ttl_secs, 30);
     }
 }

@@ -9,6 +9,7 @@ mod conn;
 mod input;
 mod login;
 mod output;
+mod run;
 
 use clap::Parser;
 use cli::{Cli, Command, SecretCommand};
@@ -80,6 +81,8 @@ async fn run(cli: &Cli, status_json: bool) -> Result<(), Failure> {
             let color = output::use_color(std::io::stdout().is_terminal());
             commands::status(status_json, color).await
         }
+        Command::Exec(args) => run::exec(args).await,
+        Command::Kube(args) => run::kube(args).await,
         Command::Secret {
             command: SecretCommand::Set { profile },
         } => commands::secret_set(profile).await,
