@@ -122,3 +122,164 @@ fn the_date_helper_is_right() {
     assert_eq!(rfc3339_secs("2023-11-14T22:13:20Z"), 1_700_000_000);
     assert_eq!(rfc3339_secs("2000-03-01T00:00:00Z"), 951_868_800);
 }
+
+/// An environment whose PATH has `git-credential-tokctl` (a link to `tokctl`, the way it is
+/// installed) and a config routing `https://git.test/org/` to the `ci` profile.
+fn git_env(idp: &Idp) -> Result<TestEnv> {
+    let mut env = cc_env(idp)?;
+    let mut cfg = std::fs::read_to_string(env.config_path()).expect("config");
+    cfg.push_str(
+        "\n[[route]]\nurl = \"https://git.test/org/\"\nprofile = \"ci\"\nusername = \"x-token\"\n",
+    );
+    env.write_config(&cfg)?;
+    let o = env.socket_request("POST", "/v1/reload", Some("{}"))?;
+    assert_eq!(o.0, 200, "reload: {}", o.1);
+    let bin = env.tmp_dir().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::os::unix::fs::symlink(env.bin_path("tokctl"), bin.join("git-credential-tokctl"))
+        .expect("link");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        env.envs()
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    env.set_env("PATH", path);
+    Ok(env)
+}
+
+/// `git credential fill` with `input`, through tokctl as the only helper; git's own
+/// prompting is off so a missing answer fails instead of asking.
+fn git_fill(env: &TestEnv, git: &str, input: &str) -> Result<std::process::Output> {
+    let mut c = env.command(git);
+    c.args([
+        "-c",
+        "credential.helper=",
+        "-c",
+        "credential.helper=tokctl",
+        "-c",
+        "credential.useHttpPath=true",
+        "credential",
+        "fill",
+    ])
+    .env("GIT_TERMINAL_PROMPT", "0")
+    .env("GIT_ASKPASS", "/bin/false");
+    env.run(c, Some(input.as_bytes()))
+}
+
+#[test]
+fn git_credential_fill_gets_an_active_token_for_routed_urls_only() -> Result<()> {
+    let idp = Idp::start(IdpConfig::default())?;
+    let env = git_env(&idp)?;
+    for git in ["/usr/bin/git", "/usr/local/bin/git"] {
+        if !std::path::Path::new(git).exists() {
+            continue;
+        }
+        let o = git_fill(
+            &env,
+            git,
+            "protocol=https\nhost=git.test\npath=org/repo.git\n\n",
+        )?;
+        assert!(o.status.success(), "{git}: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        assert!(out.contains("username=x-token"), "{git}: {out}");
+        let pw = out
+            .lines()
+            .find_map(|l| l.strip_prefix("password="))
+            .expect("password line");
+        assert_eq!(idp.introspect(pw)?["active"], true, "{git}");
+
+        // Another path, a look-alike host or plain http: tokctl answers nothing, so git
+        // (with prompting off) fails to fill.
+        for input in [
+            "protocol=https\nhost=git.test\npath=other/repo.git\n\n",
+            "protocol=https\nhost=git.test.evil.example\npath=org/repo.git\n\n",
+            "protocol=http\nhost=git.test\npath=org/repo.git\n\n",
+        ] {
+            let o = git_fill(&env, git, input)?;
+            assert!(!o.status.success(), "{git} answered for {input:?}");
+            assert!(!text(&o.stdout).contains(pw));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_git_helper_ignores_hostile_input_and_erase_drops_only_its_token() -> Result<()> {
+    let idp = Idp::start(IdpConfig::default())?;
+    let env = git_env(&idp)?;
+    let helper = |op: &str, input: &[u8]| -> Result<std::process::Output> {
+        let mut c = env.command("git-credential-tokctl");
+        c.arg(op);
+        env.run(c, Some(input))
+    };
+    let o = helper("get", b"protocol=https\nhost=git.test\npath=org/r.git\n\n")?;
+    let token = text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("password=").map(String::from))
+        .expect("answer");
+    let before = idp.token_requests()?.total;
+
+    let big = format!(
+        "protocol=https\nhost=git.test\npath={}\n\n",
+        "a".repeat(100_000)
+    );
+    for bad in [
+        &b"protocol=https\nhost=git.test\r\npath=org/r.git\n\n"[..],
+        b"protocol=https\nhost=evil.test\nhost=git.test\npath=org/r.git\n\n",
+        b"protocol=https\nhost=git.test\0\npath=org/r.git\n\n",
+        b"protocol=https\npath=org/r.git\n\n",
+        big.as_bytes(),
+    ] {
+        let o = helper("get", bad)?;
+        assert!(o.status.success(), "helpers exit 0 so git moves on");
+        assert!(
+            o.stdout.is_empty(),
+            "answered hostile input {:?}",
+            String::from_utf8_lossy(&bad[..bad.len().min(60)])
+        );
+    }
+
+    // Bearer when git announces authtype (git 2.46+).
+    let o = helper(
+        "get",
+        b"capability[]=authtype\nprotocol=https\nhost=git.test\npath=org/r.git\n\n",
+    )?;
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("authtype=Bearer") && out.contains(&format!("credential={token}")),
+        "{out}"
+    );
+
+    // store writes nothing; erase of a foreign password is a no-op; erase of our token
+    // drops it, and the next get fetches a fresh one.
+    helper(
+        "store",
+        format!("protocol=https\nhost=git.test\npath=org/r.git\nusername=x\npassword={token}\n\n")
+            .as_bytes(),
+    )?;
+    helper(
+        "erase",
+        b"protocol=https\nhost=git.test\npath=org/r.git\nusername=x\npassword=not-ours\n\n",
+    )?;
+    let o = helper("get", b"protocol=https\nhost=git.test\npath=org/r.git\n\n")?;
+    assert!(text(&o.stdout).contains(&format!("password={token}")));
+    assert_eq!(idp.token_requests()?.total, before, "nothing refetched yet");
+    helper(
+        "erase",
+        format!("protocol=https\nhost=git.test\npath=org/r.git\nusername=x\npassword={token}\n\n")
+            .as_bytes(),
+    )?;
+    let o = helper("get", b"protocol=https\nhost=git.test\npath=org/r.git\n\n")?;
+    let fresh = text(&o.stdout);
+    assert!(
+        fresh.contains("password=") && !fresh.contains(&token),
+        "{fresh}"
+    );
+    assert_eq!(idp.token_requests()?.total, before + 1);
+    assert!(env.files_containing(&token)?.is_empty());
+    Ok(())
+}

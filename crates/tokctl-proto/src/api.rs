@@ -372,6 +372,22 @@ pub struct LogoutResponse {
     pub message: String,
 }
 
+/// Answer of `GET /v1/route?url=…`: which profile and username a helper uses for a URL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteResponse {
+    /// The matching route; `None` when no `[[route]]` covers the URL.
+    pub route: Option<RouteMatch>,
+}
+
+/// One matched `[[route]]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// The profile that answers.
+    pub profile: String,
+    /// The username the helper reports.
+    pub username: String,
+}
+
 /// Body of `POST /v1/invalidate`: drop cached access tokens, never refresh tokens.
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
 pub struct InvalidateRequest {

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod commands;
 mod conn;
+mod git;
 mod input;
 mod login;
 mod output;
@@ -45,6 +46,23 @@ enum JsonErrors {
 }
 
 fn main() -> ExitCode {
+    // Installed as (a link named) git-credential-tokctl, this binary is git's helper.
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "git-credential-tokctl" {
+        let rest: Vec<String> = args.collect();
+        return match runtime() {
+            Ok(rt) => rt.block_on(git::run(&rest)),
+            Err(e) => {
+                eprintln!("{}", output::error_line(&e));
+                ExitCode::from(1)
+            }
+        };
+    }
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
     let status_json = match &cli.command {
@@ -57,11 +75,8 @@ fn main() -> ExitCode {
         Command::Login(l) if l.json => JsonErrors::LoginEvent,
         _ => JsonErrors::None,
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| ApiError::new(ErrorCode::Other, format!("cannot start: {e}")).into())
+    let result = runtime()
+        .map_err(Failure::from)
         .and_then(|rt| rt.block_on(run(&cli, status_json)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +85,15 @@ fn main() -> ExitCode {
             ExitCode::from(f.error.error.exit_code())
         }
     }
+}
+
+/// The single-threaded runtime every command runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, ApiError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| ApiError::new(ErrorCode::Other, format!("cannot start: {e}")))
 }
 
 async fn run(cli: &Cli, status_json: bool) -> Result<(), Failure> {

@@ -409,6 +409,31 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The route answering for `url`: same scheme, host (case-insensitive) and port,
+    /// then the longest path prefix that ends at a segment boundary. `None`: no route.
+    pub fn route_for(&self, url: &Url) -> Option<&Route> {
+        let same_origin = |r: &Route| {
+            r.url.scheme() == url.scheme()
+                && r.url.host_str().map(str::to_ascii_lowercase)
+                    == url.host_str().map(str::to_ascii_lowercase)
+                && r.url.port_or_known_default() == url.port_or_known_default()
+        };
+        self.routes
+            .iter()
+            .filter(|r| same_origin(r) && path_under(url.path(), r.url.path()))
+            .max_by_key(|r| r.url.path().len())
+    }
+}
+
+/// Whether `path` is `prefix` or below it: `/org` covers `/org` and `/org/x`, not `/orgx`.
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,5 +555,37 @@ profile = "work"
             .profile(None)
             .unwrap_err()
             .contains("no profiles configured"));
+    }
+
+    #[test]
+    fn routes_match_origin_exactly_then_the_longest_path() {
+        let t = "[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"password\"\n\
+                 [profile.b]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"password\"\n\
+                 [[route]]\nurl = \"https://Git.Example.com/\"\nprofile = \"a\"\n\
+                 [[route]]\nurl = \"https://git.example.com/org\"\nprofile = \"b\"\nusername = \"x-token\"\n";
+        let c = parse(t).unwrap();
+        let at = |u: &str| {
+            c.route_for(&Url::parse(u).unwrap())
+                .map(|r| (r.profile.as_str(), r.username.as_str()))
+        };
+        assert_eq!(at("https://git.example.com/"), Some(("a", "oauth2")));
+        assert_eq!(
+            at("https://GIT.example.com:443/other"),
+            Some(("a", "oauth2"))
+        );
+        assert_eq!(at("https://git.example.com/org"), Some(("b", "x-token")));
+        assert_eq!(
+            at("https://git.example.com/org/repo.git"),
+            Some(("b", "x-token"))
+        );
+        assert_eq!(
+            at("https://git.example.com/orgx/repo.git"),
+            Some(("a", "oauth2"))
+        );
+        // Look-alikes and other origins get nothing.
+        assert_eq!(at("http://git.example.com/"), None);
+        assert_eq!(at("https://git.example.com:8443/"), None);
+        assert_eq!(at("https://git.example.com.evil.test/"), None);
+        assert_eq!(at("https://evilgit.example.com/"), None);
     }
 }

@@ -59,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/token", get(token))
         .route("/v1/status", get(status))
+        .route("/v1/route", get(route))
         .route("/v1/secret", post(secret))
         .route("/v1/login", post(login_handler))
         .route("/v1/logout", post(logout))
@@ -80,6 +81,36 @@ async fn token(
 ) -> ApiResult<tokctl_proto::TokenResponse> {
     let q = TokenQuery::from_query_string(q.as_deref().unwrap_or(""))?;
     Ok(Json(st.engine.token(&q).await?))
+}
+
+async fn route(
+    State(st): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<tokctl_proto::RouteResponse> {
+    let mut url = None;
+    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        match (&*k, &url) {
+            ("url", None) => url = Some(v.into_owned()),
+            ("url", Some(_)) => {
+                return Err(ApiError::new(ErrorCode::Usage, "`url` given twice").into())
+            }
+            _ => {
+                return Err(
+                    ApiError::new(ErrorCode::Usage, "unknown query parameter; only `url`").into(),
+                )
+            }
+        }
+    }
+    let url = url.ok_or_else(|| ApiError::new(ErrorCode::Usage, "`url` is required"))?;
+    let url = url::Url::parse(&url)
+        .map_err(|e| ApiError::new(ErrorCode::Usage, format!("`url` is not a URL: {e}")))?;
+    let cfg = st.engine.config();
+    Ok(Json(tokctl_proto::RouteResponse {
+        route: cfg.route_for(&url).map(|r| tokctl_proto::RouteMatch {
+            profile: r.profile.clone(),
+            username: r.username.clone(),
+        }),
+    }))
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::StatusResponse> {
