@@ -6,7 +6,6 @@
 # Everything runs in a temporary HOME; nothing of yours is touched. Ctrl-C ends it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 need=""
 for p in gnome-keyring:gnome-keyring-daemon libsecret-tools:secret-tool dbus:dbus-run-session dbus-x11:dbus-launch; do
@@ -20,35 +19,20 @@ fi
 [ -d tests/idp/node_modules/oidc-provider ] || { echo "==> npm ci --prefix tests/idp" >&2; npm ci --prefix tests/idp --no-audit --no-fund; }
 echo "==> cargo build --release" >&2
 cargo build --release -q -p tokctl -p tokctld
-BIN=$ROOT/target/release
-
-DEMO=$(mktemp -d /tmp/tokctl-demo.XXXXXX)
-mkdir -p "$DEMO"/{home,config,state,data} && mkdir -m700 "$DEMO/run"
-export DEMO BIN ROOT
-exec env -i PATH="$BIN:$PATH" HOME="$DEMO/home" XDG_CONFIG_HOME="$DEMO/config" XDG_STATE_HOME="$DEMO/state" \
-    XDG_DATA_HOME="$DEMO/data" XDG_RUNTIME_DIR="$DEMO/run" TERM="${TERM:-dumb}" DEMO="$DEMO" ROOT="$ROOT" \
-    dbus-run-session -- bash -c '
+# The rest runs in a throw-away HOME with its own keychain and the bundled IdP.
+exec ./scripts/sandbox.sh -- bash -c '
 set -euo pipefail
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DEMO"; }
-trap cleanup EXIT
-printf %s demo | gnome-keyring-daemon --foreground --unlock --components=secrets >/dev/null 2>&1 & pids+=($!)
-until dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
-      org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q true; do sleep 0.05; done
-node "$ROOT/tests/idp/idp.mjs" > "$DEMO/idp.log" 2>&1 & pids+=($!)
-until issuer=$(head -n1 "$DEMO/idp.log" 2>/dev/null | sed -n "s/.*\"issuer\": *\"\([^\"]*\)\".*/\1/p") && [ -n "$issuer" ]; do sleep 0.1; done
-echo "==> local IdP at $issuer"
-mkdir -p "$XDG_CONFIG_HOME/tokctl"
+echo "==> local IdP at $ISSUER"
 cat > "$XDG_CONFIG_HOME/tokctl/config.toml" <<TOML
 default_profile = "ci"
 
 [profile.ci]
-issuer = "$issuer"
+issuer = "$ISSUER"
 client_id = "cc-basic"
 grant = "client_credentials"
 
 [profile.alice]
-issuer = "$issuer"
+issuer = "$ISSUER"
 client_id = "password-cli"
 grant = "password"
 scopes = ["openid", "offline_access", "api"]

@@ -408,8 +408,9 @@ pub struct Failure {
     pub retry_after: Option<u64>,
     /// Delay before answering, milliseconds.
     pub delay_ms: u64,
-    /// Answer with an HTML page instead of JSON (a misbehaving proxy).
-    #[serde(serialize_with = "ser_html")]
+    /// Answer with an HTML page instead of JSON (a misbehaving proxy). Sent as the IdP's
+    /// `body` key (`"html"` | `"json"`).
+    #[serde(rename = "body", serialize_with = "ser_html")]
     pub html: bool,
 }
 

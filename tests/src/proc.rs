@@ -50,14 +50,22 @@ pub fn signal(pid: u32, sig: Sig) -> Result<()> {
 }
 
 /// True while `pid` names a process that has not exited (zombies count as exited).
+///
+/// Every thread is looked at, not only the group leader: after a SIGKILL the leader can
+/// turn zombie while other threads are still exiting and still hold the process's files
+/// (a daemon's singleton lock, its socket) for a moment.
 pub fn is_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let running = |stat_path: &std::path::Path| match std::fs::read_to_string(stat_path) {
         // The state follows the parenthesised command name, which may itself hold spaces.
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
             None => true,
         },
         Err(_) => false,
+    };
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.flatten().any(|t| running(&t.path().join("stat"))),
+        Err(_) => running(std::path::Path::new(&format!("/proc/{pid}/stat"))),
     }
 }
 

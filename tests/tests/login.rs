@@ -19,12 +19,13 @@ fn profile(issuer: &str, name: &str, client: &str, grant: &str) -> String {
     )
 }
 
-/// An environment with a running daemon and the given config.
-fn env_with(config: &str) -> Result<TestEnv> {
+/// An IdP, and an environment with a running daemon and one profile of `grant` for it.
+fn setup(cfg: IdpConfig, name: &str, client: &str, grant: &str) -> Result<(Idp, TestEnv)> {
+    let idp = Idp::start(cfg)?;
     let env = TestEnv::new()?;
-    env.write_config(config)?;
+    env.write_config(&profile(idp.issuer(), name, client, grant))?;
     env.spawn_daemon(&[])?;
-    Ok(env)
+    Ok((idp, env))
 }
 
 fn stored_refresh_token(env: &TestEnv, profile: &str) -> Result<Option<String>> {
@@ -54,15 +55,14 @@ fn get(env: &TestEnv, profile: &str) -> Result<String> {
 
 /// Stops the running daemon with SIGTERM and starts a fresh one: only the keychain is left.
 fn restart_daemon(env: &TestEnv) -> Result<()> {
+    let pid = env.daemon_pid().expect("a daemon answers");
     env.signal_daemon(Sig::Term)?;
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while env.daemon_status()?.is_some() {
-        assert!(
-            std::time::Instant::now() < end,
-            "the daemon did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Wait for the process itself, not only the socket: until it exits it holds the
+    // singleton lock, and a new daemon would say "already running".
+    assert!(
+        tokctl_e2e::wait_gone(pid, Duration::from_secs(10)),
+        "the daemon did not stop on SIGTERM"
+    );
     env.spawn_daemon(&[])?;
     Ok(())
 }
@@ -90,16 +90,15 @@ fn password_login(env: &TestEnv, profile: &str) -> Result<()> {
 
 #[test]
 fn device_login_through_the_idp_pages_then_tokens_come_from_the_keychain() -> Result<()> {
-    let idp = Idp::start(IdpConfig {
-        device_interval: Some(2),
-        ..Default::default()
-    })?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig {
+            device_interval: Some(2),
+            ..Default::default()
+        },
         "dev",
         defaults::DEVICE_CLI,
         "device_code",
-    ))?;
+    )?;
     assert_eq!(status_of(&env, "dev")?["state"], "logged_out");
 
     let mut login = LoginSession::start(&env, &["dev", "--no-browser"], None)?;
@@ -183,17 +182,16 @@ fn device_login_through_the_idp_pages_then_tokens_come_from_the_keychain() -> Re
 
 #[test]
 fn device_denial_and_expiry_end_with_exit_6() -> Result<()> {
-    let idp = Idp::start(IdpConfig {
-        device_interval: Some(1),
-        device_code_ttl: Some(4),
-        ..Default::default()
-    })?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig {
+            device_interval: Some(1),
+            device_code_ttl: Some(4),
+            ..Default::default()
+        },
         "dev",
         defaults::DEVICE_CLI,
         "device_code",
-    ))?;
+    )?;
 
     let mut login = LoginSession::start(&env, &["dev", "--no-browser"], None)?;
     let da = login.wait_event("device_authorization", EVENT_WAIT)?;
@@ -238,13 +236,12 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 
 #[test]
 fn auth_code_loopback_takes_one_right_callback_and_refuses_the_rest() -> Result<()> {
-    let idp = Idp::start(IdpConfig::default())?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig::default(),
         "web",
         defaults::NATIVE_CLI,
         "authorization_code",
-    ))?;
+    )?;
     let mut login = LoginSession::start(&env, &["web", "--no-browser"], None)?;
     let ev = login.wait_event("browser", EVENT_WAIT)?;
     let url = ev["url"].as_str().expect("url").to_string();
@@ -288,13 +285,12 @@ fn auth_code_loopback_takes_one_right_callback_and_refuses_the_rest() -> Result<
 
 #[test]
 fn auth_code_denied_at_the_idp_exits_6() -> Result<()> {
-    let idp = Idp::start(IdpConfig::default())?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig::default(),
         "web",
         defaults::NATIVE_CLI,
         "authorization_code",
-    ))?;
+    )?;
     let mut login = LoginSession::start(&env, &["web", "--no-browser"], None)?;
     let url = login.wait_event("browser", EVENT_WAIT)?["url"]
         .as_str()
@@ -311,13 +307,12 @@ fn auth_code_denied_at_the_idp_exits_6() -> Result<()> {
 
 #[test]
 fn password_login_warns_and_the_password_is_kept_nowhere() -> Result<()> {
-    let idp = Idp::start(IdpConfig::default())?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig::default(),
         "legacy",
         defaults::PASSWORD_CLI,
         "password",
-    ))?;
+    )?;
     let o = env.tokctl(
         &["secret", "set", "legacy"],
         Some(format!("{}\n", defaults::PASSWORD_CLI_SECRET).as_bytes()),
@@ -357,16 +352,15 @@ fn password_login_warns_and_the_password_is_kept_nowhere() -> Result<()> {
 
 #[test]
 fn a_reused_refresh_token_kills_the_grant_and_the_daemon_says_login_required() -> Result<()> {
-    let idp = Idp::start(IdpConfig {
-        access_token_ttl: Some(20),
-        ..Default::default()
-    })?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig {
+            access_token_ttl: Some(20),
+            ..Default::default()
+        },
         "legacy",
         defaults::PASSWORD_CLI,
         "password",
-    ))?;
+    )?;
     password_login(&env, "legacy")?;
     let rt1 = stored_refresh_token(&env, "legacy")?.expect("stored");
     // A restart forces a refresh from the keychain: rotation gives rt2.
@@ -394,13 +388,12 @@ fn a_reused_refresh_token_kills_the_grant_and_the_daemon_says_login_required() -
 
 #[test]
 fn logout_revokes_at_the_idp_and_forgets_locally() -> Result<()> {
-    let idp = Idp::start(IdpConfig::default())?;
-    let env = env_with(&profile(
-        idp.issuer(),
+    let (idp, env) = setup(
+        IdpConfig::default(),
         "legacy",
         defaults::PASSWORD_CLI,
         "password",
-    ))?;
+    )?;
     password_login(&env, "legacy")?;
     let rt = stored_refresh_token(&env, "legacy")?.expect("stored");
     let token = get(&env, "legacy")?;

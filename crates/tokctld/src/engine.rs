@@ -27,6 +27,21 @@ const UNKNOWN_LIFETIME: Duration = Duration::from_secs(300);
 /// Longest wait between retries after transient failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Test-only crash points for the end-to-end crash-safety tests: when the environment
+/// variable `TOKCTL_TEST_CRASH_AT` names `point` (`before_request`, `after_response`,
+/// `after_store`), the daemon sends itself SIGKILL there, as a `kill -9` at that moment
+/// would. Without the variable this does nothing; never set it outside tests.
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("TOKCTL_TEST_CRASH_AT").ok());
+    if at.as_deref() == Some(point) {
+        tracing::warn!("TOKCTL_TEST_CRASH_AT={point}: killing myself (test-only)");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::Kill);
+        std::process::abort();
+    }
+}
+
 /// Locks a std mutex, ignoring poisoning: the guarded data stays consistent because no
 /// code panics while holding these locks with a half-updated state.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -400,6 +415,13 @@ impl ProfileRt {
         refresh_token: Option<SecretString>,
         client_secret: Option<SecretString>,
     ) {
+        // A new client secret alone does not revive a refresh token the IdP rejected with
+        // `invalid_grant`: the profile stays `login_required`, so `tokctl login` logs in
+        // instead of answering "already logged in".
+        let keep_login_required = refresh_token.is_none()
+            && client_secret.is_some()
+            && self.cfg.grant.uses_refresh_token()
+            && lock(&self.health).login_required;
         {
             let mut c = lock(&self.cred);
             if refresh_token.is_some() {
@@ -411,7 +433,14 @@ impl ProfileRt {
             }
             c.present = Some(true);
         }
-        *lock(&self.health) = Health::default();
+        let mut h = lock(&self.health);
+        let last_error = h.last_error.take().filter(|_| keep_login_required);
+        *h = Health {
+            login_required: keep_login_required,
+            last_error,
+            ..Health::default()
+        };
+        drop(h);
         lock(&self.variants).clear();
     }
 
@@ -799,16 +828,19 @@ impl Engine {
             )));
         };
         tracing::debug!(profile = %prof.cfg.name, "refresh request");
+        crash_point("before_request");
         let mut ts = http
             .refresh(&meta.token_endpoint, &auth, &rt, &params)
             .await
             .map_err(oauth)?;
+        crash_point("after_response");
         if let Some(new_rt) = ts.refresh_token.take() {
             // Rotation: the new refresh token is saved before the access token is served.
             if new_rt.expose_secret() != rt.expose_secret() {
                 let _ = prof.save_refresh_token(&self.secrets, new_rt).await;
             }
         }
+        crash_point("after_store");
         Ok(ts)
     }
 
@@ -961,9 +993,19 @@ impl Engine {
                 if s.token.as_ref().is_some_and(|t| t.expires.passed()) {
                     s.token = None;
                 }
+                let transient = e.error == ErrorCode::IdpUnavailable;
                 s.last_error = Some(e);
+                if !transient {
+                    // Login required or a configuration error: nothing to reschedule soon;
+                    // the next tick (at most a minute) looks again, so there is no loop.
+                    return;
+                }
             }
         }
+        drop(s);
+        // The scheduler planned its sleep without this variant (it was due): wake it so
+        // it plans the next refresh of the new token, or the retry after the backoff.
+        self.wake.notify_one();
     }
 
     /// Wakes the scheduler (after a login stored new tokens).
