@@ -37,9 +37,9 @@ trap cleanup EXIT
 printf %s sandbox | gnome-keyring-daemon --foreground --unlock --components=secrets >/dev/null 2>&1 & pids+=($!)
 until dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
       org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q true; do sleep 0.05; done
-node "$ROOT/tests/idp/idp.mjs" "$SANDBOX/idp.json" > "$SANDBOX/idp.log" 2>&1 & pids+=($!)
+node "$ROOT/tests/idp/idp.mjs" "$SANDBOX/idp.json" > "$SANDBOX/idp.log" 2> "$SANDBOX/idp.err" & pids+=($!)
 until ISSUER=$(head -n1 "$SANDBOX/idp.log" 2>/dev/null | sed -n "s/.*\"issuer\": *\"\([^\"]*\)\".*/\1/p") && [ -n "$ISSUER" ]; do
-    kill -0 "${pids[1]}" 2>/dev/null || { echo "the local IdP did not start:" >&2; cat "$SANDBOX/idp.log" >&2; exit 1; }
+    kill -0 "${pids[1]}" 2>/dev/null || { echo "the local IdP did not start:" >&2; cat "$SANDBOX/idp.err" >&2; exit 1; }
     sleep 0.1
 done
 export ISSUER
