@@ -271,6 +271,63 @@ impl TestEnv {
         self.run(c, stdin)
     }
 
+    /// Stores `client_secret` for `profile` (a password-grant profile) and logs it in as
+    /// alice with `--password-stdin`, asserting both succeed.
+    pub fn password_login(&self, profile: &str, client_secret: &str) -> Result<()> {
+        use crate::idp::defaults;
+        let o = self.tokctl(
+            &["secret", "set", profile],
+            Some(format!("{client_secret}\n").as_bytes()),
+        )?;
+        assert!(o.status.success(), "secret set: {}", text(&o.stderr));
+        let o = self.tokctl(
+            &[
+                "login",
+                profile,
+                "--username",
+                defaults::ALICE,
+                "--password-stdin",
+            ],
+            Some(format!("{}\n", defaults::ALICE_PASSWORD).as_bytes()),
+        )?;
+        assert!(o.status.success(), "password login: {}", text(&o.stderr));
+        Ok(())
+    }
+
+    /// The refresh token the keychain holds for `profile`, read with `secret-tool`.
+    pub fn stored_refresh_token(&self, profile: &str) -> Result<Option<String>> {
+        self.secret_tool_lookup(&[
+            ("service", "tokctl"),
+            ("username", &format!("{profile}:refresh_token")),
+        ])
+    }
+
+    /// `profile`'s entry of `tokctl status --json` (`Null` when absent).
+    pub fn profile_status(&self, profile: &str) -> Result<serde_json::Value> {
+        let o = self.tokctl(&["status", "--json"], None)?;
+        assert!(o.status.success(), "status: {}", text(&o.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+        Ok(s["profiles"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == profile))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Stops the answering daemon with SIGTERM, waits for the process itself to go (it
+    /// holds the singleton lock until then), and starts a fresh one: only the keychain is
+    /// left of the old state.
+    pub fn restart_daemon(&self) -> Result<()> {
+        let pid = self.daemon_pid().expect("a daemon answers");
+        self.signal_daemon(Sig::Term)?;
+        assert!(
+            proc::wait_gone(pid, Duration::from_secs(10)),
+            "the daemon did not stop on SIGTERM"
+        );
+        self.spawn_daemon(&[])?;
+        Ok(())
+    }
+
     /// Starts `tokctld` with `args` in the foreground of this environment (stdout and
     /// stderr to `logs/tokctld.N.log`) and waits until its socket answers `/v1/status`.
     /// Returns its pid; it is ended on drop.

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::time::Duration;
 use tokctl_e2e::{
-    defaults, text, Idp, IdpConfig, LoginSession, Result, Sig, TestClient, TestEnv, DEVICE_GRANT,
+    defaults, text, Idp, IdpConfig, LoginSession, Result, TestClient, TestEnv, DEVICE_GRANT,
 };
 
 const EVENT_WAIT: Duration = Duration::from_secs(20);
@@ -28,64 +28,11 @@ fn setup(cfg: IdpConfig, name: &str, client: &str, grant: &str) -> Result<(Idp, 
     Ok((idp, env))
 }
 
-fn stored_refresh_token(env: &TestEnv, profile: &str) -> Result<Option<String>> {
-    env.secret_tool_lookup(&[
-        ("service", "tokctl"),
-        ("username", &format!("{profile}:refresh_token")),
-    ])
-}
-
-fn status_of(env: &TestEnv, profile: &str) -> Result<Value> {
-    let o = env.tokctl(&["status", "--json"], None)?;
-    assert!(o.status.success(), "status: {}", text(&o.stderr));
-    let s: Value = serde_json::from_slice(&o.stdout).expect("status json");
-    Ok(s["profiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == profile))
-        .cloned()
-        .unwrap_or(Value::Null))
-}
-
 /// `tokctl get PROFILE`, asserting success; returns the token.
 fn get(env: &TestEnv, profile: &str) -> Result<String> {
     let o = env.tokctl(&["get", profile], None)?;
     assert!(o.status.success(), "get {profile}: {}", text(&o.stderr));
     Ok(text(&o.stdout))
-}
-
-/// Stops the running daemon with SIGTERM and starts a fresh one: only the keychain is left.
-fn restart_daemon(env: &TestEnv) -> Result<()> {
-    let pid = env.daemon_pid().expect("a daemon answers");
-    env.signal_daemon(Sig::Term)?;
-    // Wait for the process itself, not only the socket: until it exits it holds the
-    // singleton lock, and a new daemon would say "already running".
-    assert!(
-        tokctl_e2e::wait_gone(pid, Duration::from_secs(10)),
-        "the daemon did not stop on SIGTERM"
-    );
-    env.spawn_daemon(&[])?;
-    Ok(())
-}
-
-/// Logs in `profile` (a password profile for `password-cli`) as alice.
-fn password_login(env: &TestEnv, profile: &str) -> Result<()> {
-    let o = env.tokctl(
-        &["secret", "set", profile],
-        Some(format!("{}\n", defaults::PASSWORD_CLI_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set: {}", text(&o.stderr));
-    let o = env.tokctl(
-        &[
-            "login",
-            profile,
-            "--username",
-            defaults::ALICE,
-            "--password-stdin",
-        ],
-        Some(format!("{}\n", defaults::ALICE_PASSWORD).as_bytes()),
-    )?;
-    assert!(o.status.success(), "password login: {}", text(&o.stderr));
-    Ok(())
 }
 
 #[test]
@@ -99,7 +46,7 @@ fn device_login_through_the_idp_pages_then_tokens_come_from_the_keychain() -> Re
         defaults::DEVICE_CLI,
         "device_code",
     )?;
-    assert_eq!(status_of(&env, "dev")?["state"], "logged_out");
+    assert_eq!(env.profile_status("dev")?["state"], "logged_out");
 
     let mut login = LoginSession::start(&env, &["dev", "--no-browser"], None)?;
     let da = login.wait_event("device_authorization", EVENT_WAIT)?;
@@ -138,9 +85,11 @@ fn device_login_through_the_idp_pages_then_tokens_come_from_the_keychain() -> Re
     }
 
     // Logged in: the refresh token is in the keychain and nowhere in a file.
-    let rt = stored_refresh_token(&env, "dev")?.expect("refresh token in the keychain");
+    let rt = env
+        .stored_refresh_token("dev")?
+        .expect("refresh token in the keychain");
     assert!(env.files_containing(&rt)?.is_empty());
-    assert_eq!(status_of(&env, "dev")?["state"], "valid");
+    assert_eq!(env.profile_status("dev")?["state"], "valid");
     let token = get(&env, "dev")?;
     let intro = idp.introspect(&token)?;
     assert_eq!(intro["active"], true, "{intro}");
@@ -160,12 +109,14 @@ fn device_login_through_the_idp_pages_then_tokens_come_from_the_keychain() -> Re
     assert_eq!(idp.endpoint_stats("device_authorization")?.total, before);
 
     // A new daemon starts from the keychain alone: one refresh, rotated and saved.
-    restart_daemon(&env)?;
+    env.restart_daemon()?;
     let refreshes = idp.token_requests()?.grant("refresh_token");
     let token2 = get(&env, "dev")?;
     assert_ne!(token2, token);
     assert_eq!(idp.token_requests()?.grant("refresh_token"), refreshes + 1);
-    let rt2 = stored_refresh_token(&env, "dev")?.expect("rotated refresh token stored");
+    let rt2 = env
+        .stored_refresh_token("dev")?
+        .expect("rotated refresh token stored");
     assert_ne!(
         rt2, rt,
         "the IdP rotates refresh tokens; the new one must be stored"
@@ -209,8 +160,8 @@ fn device_denial_and_expiry_end_with_exit_6() -> Result<()> {
     let status = login.finish(LOGIN_WAIT)?;
     assert_eq!(status.code(), Some(6), "{:?}", login.seen());
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(stored_refresh_token(&env, "dev")?.is_none());
-    assert_eq!(status_of(&env, "dev")?["state"], "logged_out");
+    assert!(env.stored_refresh_token("dev")?.is_none());
+    assert_eq!(env.profile_status("dev")?["state"], "logged_out");
     // The daemon is still there after both.
     assert!(env.daemon_status()?.is_some());
     Ok(())
@@ -279,7 +230,7 @@ fn auth_code_loopback_takes_one_right_callback_and_refuses_the_rest() -> Result<
 
     let token = get(&env, "web")?;
     assert_eq!(idp.introspect(&token)?["sub"], defaults::ALICE);
-    assert!(stored_refresh_token(&env, "web")?.is_some());
+    assert!(env.stored_refresh_token("web")?.is_some());
     Ok(())
 }
 
@@ -301,7 +252,7 @@ fn auth_code_denied_at_the_idp_exits_6() -> Result<()> {
     assert!(r.body.clone().unwrap_or_default().contains("Login failed"));
     let status = login.finish(LOGIN_WAIT)?;
     assert_eq!(status.code(), Some(6), "{:?}", login.seen());
-    assert!(stored_refresh_token(&env, "web")?.is_none());
+    assert!(env.stored_refresh_token("web")?.is_none());
     Ok(())
 }
 
@@ -328,7 +279,7 @@ fn password_login_warns_and_the_password_is_kept_nowhere() -> Result<()> {
     let err = text(&o.stderr);
     assert!(!err.contains("not-alices-password"), "{err}");
     assert!(err.lines().any(|l| l.contains("invalid_grant")), "{err}");
-    assert!(stored_refresh_token(&env, "legacy")?.is_none());
+    assert!(env.stored_refresh_token("legacy")?.is_none());
 
     let o = env.tokctl(
         &["login", "legacy", "--username", "alice", "--password-stdin"],
@@ -361,12 +312,12 @@ fn a_reused_refresh_token_kills_the_grant_and_the_daemon_says_login_required() -
         defaults::PASSWORD_CLI,
         "password",
     )?;
-    password_login(&env, "legacy")?;
-    let rt1 = stored_refresh_token(&env, "legacy")?.expect("stored");
+    env.password_login("legacy", defaults::PASSWORD_CLI_SECRET)?;
+    let rt1 = env.stored_refresh_token("legacy")?.expect("stored");
     // A restart forces a refresh from the keychain: rotation gives rt2.
-    restart_daemon(&env)?;
+    env.restart_daemon()?;
     get(&env, "legacy")?;
-    let rt2 = stored_refresh_token(&env, "legacy")?.expect("stored");
+    let rt2 = env.stored_refresh_token("legacy")?.expect("stored");
     assert_ne!(rt1, rt2);
 
     // Someone replays rt1 (a stolen copy): the IdP detects the reuse and ends the grant.
@@ -381,7 +332,7 @@ fn a_reused_refresh_token_kills_the_grant_and_the_daemon_says_login_required() -
     let o = env.tokctl(&["get", "legacy", "--min-ttl", "60s"], None)?;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr).lines().count(), 1, "{}", text(&o.stderr));
-    assert_eq!(status_of(&env, "legacy")?["state"], "login_required");
+    assert_eq!(env.profile_status("legacy")?["state"], "login_required");
     assert!(env.daemon_status()?.is_some());
     Ok(())
 }
@@ -394,8 +345,8 @@ fn logout_revokes_at_the_idp_and_forgets_locally() -> Result<()> {
         defaults::PASSWORD_CLI,
         "password",
     )?;
-    password_login(&env, "legacy")?;
-    let rt = stored_refresh_token(&env, "legacy")?.expect("stored");
+    env.password_login("legacy", defaults::PASSWORD_CLI_SECRET)?;
+    let rt = env.stored_refresh_token("legacy")?.expect("stored");
     let token = get(&env, "legacy")?;
 
     let o = env.tokctl(&["logout", "legacy"], None)?;
@@ -409,8 +360,8 @@ fn logout_revokes_at_the_idp_and_forgets_locally() -> Result<()> {
     );
     assert_eq!(idp.introspect(&rt)?["active"], false);
     assert_eq!(idp.introspect(&token)?["active"], false);
-    assert!(stored_refresh_token(&env, "legacy")?.is_none());
-    assert_eq!(status_of(&env, "legacy")?["state"], "logged_out");
+    assert!(env.stored_refresh_token("legacy")?.is_none());
+    assert_eq!(env.profile_status("legacy")?["state"], "logged_out");
     let o = env.tokctl(&["get", "legacy"], None)?;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
     Ok(())
@@ -465,6 +416,6 @@ fn a_real_browser_logs_in_through_the_loopback_redirect() -> Result<()> {
 
     let token = get(&env, "web")?;
     assert_eq!(idp.introspect(&token)?["sub"], defaults::ALICE);
-    assert!(stored_refresh_token(&env, "web")?.is_some());
+    assert!(env.stored_refresh_token("web")?.is_some());
     Ok(())
 }

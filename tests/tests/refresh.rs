@@ -47,47 +47,17 @@ fn config(issuer: &str, extra: &str) -> String {
     )
 }
 
-/// Stores the client secret (`secret`) and logs `p` in as alice through the daemon.
-fn login_with_secret(env: &TestEnv, secret: &str) -> Result<()> {
-    let o = env.tokctl(
-        &["secret", "set", PROFILE],
-        Some(format!("{secret}\n").as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set: {}", text(&o.stderr));
-    let o = env.tokctl(
-        &[
-            "login",
-            PROFILE,
-            "--username",
-            defaults::ALICE,
-            "--password-stdin",
-        ],
-        Some(format!("{}\n", defaults::ALICE_PASSWORD).as_bytes()),
-    )?;
-    assert!(o.status.success(), "password login: {}", text(&o.stderr));
-    Ok(())
-}
-
+/// Logs `p` in as alice through the daemon (the harness's password login).
 fn login(env: &TestEnv) -> Result<()> {
-    login_with_secret(env, defaults::PASSWORD_CLI_SECRET)
+    env.password_login(PROFILE, defaults::PASSWORD_CLI_SECRET)
 }
 
 fn stored_refresh_token(env: &TestEnv) -> Result<Option<String>> {
-    env.secret_tool_lookup(&[
-        ("service", "tokctl"),
-        ("username", &format!("{PROFILE}:refresh_token")),
-    ])
+    env.stored_refresh_token(PROFILE)
 }
 
 fn status_of(env: &TestEnv) -> Result<Value> {
-    let o = env.tokctl(&["status", "--json"], None)?;
-    assert!(o.status.success(), "status: {}", text(&o.stderr));
-    let s: Value = serde_json::from_slice(&o.stdout).expect("status json");
-    Ok(s["profiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == PROFILE))
-        .cloned()
-        .unwrap_or(Value::Null))
+    env.profile_status(PROFILE)
 }
 
 /// `tokctl get p --format json` with extra args; the parsed reply on success.
