@@ -13,18 +13,24 @@
 
 mod env;
 mod error;
+mod gitserver;
 mod http;
 mod idp;
 mod keychain;
+mod kubeapi;
 mod login;
 mod proc;
+mod registry;
 
 pub use env::{bin_dir, text, TestEnv, RUN_TIMEOUT};
 pub use error::{Error, Result};
+pub use gitserver::{AuthScheme, Challenge, GitServer, SeenRequest};
 pub use idp::{
     defaults, idp_dir, ClientAuth, Consent, DeviceAuthorization, Endpoint, EndpointStats, Failure,
     Idp, IdpConfig, IdpResource, IdpTls, IdpUser, Redirect, TestClient, TokenReply, DEVICE_GRANT,
 };
 pub use keychain::Keychain;
+pub use kubeapi::{KubeApi, TestCa};
 pub use login::LoginSession;
 pub use proc::{is_alive, run, signal, wait_gone, Sig};
+pub use registry::{Registry, MANIFEST_TYPE, TEST_REPOSITORY, TEST_TAG};

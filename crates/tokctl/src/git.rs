@@ -35,6 +35,8 @@ pub struct Request {
     pub attrs: BTreeMap<String, String>,
     /// `capability[]` values git announced.
     pub capabilities: Vec<String>,
+    /// `wwwauth[]` values: the server's `WWW-Authenticate` challenges (git 2.41+).
+    pub wwwauth: Vec<String>,
 }
 
 impl Request {
@@ -73,8 +75,10 @@ pub fn parse(input: &[u8]) -> Option<Request> {
         let (k, v) = line.split_once('=')?;
         if k == "capability[]" {
             req.capabilities.push(v.to_owned());
+        } else if k == "wwwauth[]" {
+            req.wwwauth.push(v.to_owned());
         } else if k.ends_with("[]") {
-            // wwwauth[] and other multi-valued keys: not needed.
+            // Other multi-valued keys: not needed.
         } else if SINGLE.contains(&k) && req.attrs.insert(k.to_owned(), v.to_owned()).is_some() {
             return None;
         }
@@ -109,11 +113,27 @@ fn read_input() -> Option<Vec<u8>> {
     rx.recv_timeout(INPUT_TIMEOUT).ok().flatten()
 }
 
+/// Whether the server's challenges allow a Bearer credential: yes when one of them is
+/// `Bearer`, or when git passed none (it asks before any 401, e.g. `http.proactiveAuth`).
+fn server_takes_bearer(req: &Request) -> bool {
+    req.wwwauth.is_empty()
+        || req.wwwauth.iter().any(|challenge| {
+            // A header may list several challenges, comma-separated.
+            challenge.split(',').any(|c| {
+                c.split_whitespace()
+                    .next()
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer"))
+            })
+        })
+}
+
 /// What `get` answers, given the route's username and the token.
 pub fn answer(req: &Request, username: &str, t: &TokenResponse) -> String {
     let mut out = String::new();
-    if req.capabilities.iter().any(|c| c == "authtype") {
-        // git 2.46+: a bearer credential, sent as `Authorization: Bearer`.
+    if req.capabilities.iter().any(|c| c == "authtype") && server_takes_bearer(req) {
+        // git 2.46+ and a server that asks for Bearer: sent as `Authorization: Bearer`.
+        // A server that challenges with Basic only (many forges) gets the token as the
+        // Basic password below, or git 2.46+ would send a credential it refuses.
         out.push_str("capability[]=authtype\nauthtype=Bearer\n");
         out.push_str(&format!("credential={}\n", t.access_token));
     } else {
@@ -279,5 +299,15 @@ mod tests {
         let a = answer(&bearer, "oauth2", &tok());
         assert!(a.contains("authtype=Bearer\ncredential=at\n"), "{a}");
         assert!(!a.contains("username="));
+        let offered = parse(b"capability[]=authtype\nprotocol=https\nhost=a.test\nwwwauth[]=Basic realm=\"x\"\nwwwauth[]=bearer realm=\"x\"\n").unwrap();
+        assert!(answer(&offered, "oauth2", &tok()).contains("authtype=Bearer\n"));
+        let listed = parse(b"capability[]=authtype\nprotocol=https\nhost=a.test\nwwwauth[]=Basic realm=\"x\", Bearer\n").unwrap();
+        assert!(answer(&listed, "oauth2", &tok()).contains("authtype=Bearer\n"));
+        // git 2.46+ against a server that challenges with Basic only: Basic.
+        let basic_only = parse(b"capability[]=authtype\nprotocol=https\nhost=a.test\nwwwauth[]=Basic realm=\"Bearer tokens\"\n").unwrap();
+        assert_eq!(
+            answer(&basic_only, "oauth2", &tok()),
+            "username=oauth2\npassword=at\npassword_expiry_utc=1700000000\n"
+        );
     }
 }
