@@ -388,6 +388,25 @@ pub struct RouteMatch {
     pub username: String,
 }
 
+/// Answer of `GET /v1/routes`: every `[[route]]` in file order (a helper's `list`). Holds
+/// no secrets: only URLs, profile names and usernames from the config file.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutesResponse {
+    /// The configured routes.
+    pub routes: Vec<RouteEntry>,
+}
+
+/// One configured `[[route]]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// The URL prefix, as the daemon normalised it (`https://host[:port]/path`).
+    pub url: String,
+    /// The profile that answers.
+    pub profile: String,
+    /// The username the helper reports.
+    pub username: String,
+}
+
 /// Body of `POST /v1/invalidate`: drop cached access tokens, never refresh tokens.
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
 pub struct InvalidateRequest {

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod commands;
 mod conn;
+mod docker;
 mod git;
 mod input;
 mod login;
@@ -46,17 +47,19 @@ enum JsonErrors {
 }
 
 fn main() -> ExitCode {
-    // Installed as (a link named) git-credential-tokctl, this binary is git's helper.
+    // Installed as (a link named) git-credential-tokctl or docker-credential-tokctl, this
+    // binary is git's or docker's credential helper.
     let mut args = std::env::args();
     let argv0 = args.next().unwrap_or_default();
     let name = std::path::Path::new(&argv0)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if name == "git-credential-tokctl" {
+    if name == "git-credential-tokctl" || name == "docker-credential-tokctl" {
         let rest: Vec<String> = args.collect();
         return match runtime() {
-            Ok(rt) => rt.block_on(git::run(&rest)),
+            Ok(rt) if name.starts_with("git") => rt.block_on(git::run(&rest)),
+            Ok(rt) => rt.block_on(docker::run(&rest)),
             Err(e) => {
                 eprintln!("{}", output::error_line(&e));
                 ExitCode::from(1)

@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/token", get(token))
         .route("/v1/status", get(status))
         .route("/v1/route", get(route))
+        .route("/v1/routes", get(routes))
         .route("/v1/secret", post(secret))
         .route("/v1/login", post(login_handler))
         .route("/v1/logout", post(logout))
@@ -111,6 +112,22 @@ async fn route(
             username: r.username.clone(),
         }),
     }))
+}
+
+/// Every route, for a helper's `list`: config data only, never a token.
+async fn routes(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::RoutesResponse> {
+    let cfg = st.engine.config();
+    Json(tokctl_proto::RoutesResponse {
+        routes: cfg
+            .routes
+            .iter()
+            .map(|r| tokctl_proto::RouteEntry {
+                url: r.url.to_string(),
+                profile: r.profile.clone(),
+                username: r.username.clone(),
+            })
+            .collect(),
+    })
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::StatusResponse> {
