@@ -20,6 +20,7 @@ mod keychain;
 mod kubeapi;
 mod login;
 mod proc;
+mod registry;
 
 pub use env::{bin_dir, text, TestEnv, RUN_TIMEOUT};
 pub use error::{Error, Result};
@@ -32,3 +33,4 @@ pub use keychain::Keychain;
 pub use kubeapi::{KubeApi, TestCa};
 pub use login::LoginSession;
 pub use proc::{is_alive, run, signal, wait_gone, Sig};
+pub use registry::{Registry, MANIFEST_TYPE, TEST_REPOSITORY, TEST_TAG};
