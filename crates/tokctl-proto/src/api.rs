@@ -444,6 +444,44 @@ pub struct OkResponse {
     pub message: String,
 }
 
+/// How one `tokctl doctor` check came out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Fine.
+    Ok,
+    /// Worth a look, but tokens can still be served.
+    Warn,
+    /// A problem: something does not work until it is fixed.
+    Fail,
+}
+
+/// One check in `GET /v1/doctor`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DoctorCheck {
+    /// What was checked: `config`, `keychain`, `issuer NAME`, `profile NAME`, `clock`.
+    pub name: String,
+    /// The outcome.
+    pub status: CheckStatus,
+    /// What was found, one line, no secrets.
+    pub detail: String,
+    /// What to do about it, when the status is not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Response of `GET /v1/doctor`: the checks only the daemon can make (it holds the
+/// config, the keychain and the HTTP client); the client adds its socket checks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DoctorResponse {
+    /// Daemon version.
+    pub version: String,
+    /// Daemon process id.
+    pub pid: u32,
+    /// The checks, in the order they should be shown.
+    pub checks: Vec<DoctorCheck>,
+}
+
 /// Escapes control, escape and bidi characters and truncates, so text from a peer can be
 /// shown on a terminal or put in an error line safely.
 pub fn printable(s: &str, max_chars: usize) -> String {

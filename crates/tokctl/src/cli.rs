@@ -34,6 +34,24 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// Check the config, socket, daemon, keychain, issuers and clock; say what to fix.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `tokctl completions bash > ~/.local/share/bash-completion/completions/tokctl`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the tokctl(1) man page (roff).
+    Man,
+}
+
+/// `tokctl doctor`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON (`{"ok":…,"checks":[…]}`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tokctl secret …`.
@@ -291,6 +309,22 @@ mod tests {
             panic!("not status")
         };
         assert!(!s.json);
+    }
+
+    #[test]
+    fn doctor_completions_and_man_parse() {
+        let Command::Doctor(d) = parse(&["doctor", "--json"]).unwrap().command else {
+            panic!("not doctor")
+        };
+        assert!(d.json);
+        for sh in ["bash", "zsh", "fish"] {
+            assert!(matches!(
+                parse(&["completions", sh]).unwrap().command,
+                Command::Completions { .. }
+            ));
+        }
+        assert!(parse(&["completions", "cmd.exe"]).is_err());
+        assert!(matches!(parse(&["man"]).unwrap().command, Command::Man));
     }
 
     #[test]

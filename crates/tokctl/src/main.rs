@@ -7,6 +7,8 @@ mod cli;
 mod commands;
 mod conn;
 mod docker;
+mod doctor;
+mod generate;
 mod git;
 mod input;
 mod login;
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Get(g) if g.format == cli::Format::Json => JsonErrors::Api,
         Command::Status(_) if status_json => JsonErrors::Api,
         Command::Login(l) if l.json => JsonErrors::LoginEvent,
+        Command::Doctor(d) if d.json => JsonErrors::Api,
         _ => JsonErrors::None,
     };
     let result = runtime()
@@ -113,6 +116,12 @@ async fn run(cli: &Cli, status_json: bool) -> Result<(), Failure> {
         Command::Secret {
             command: SecretCommand::Set { profile },
         } => commands::secret_set(profile).await,
+        Command::Doctor(args) => {
+            let color = output::use_color(std::io::stdout().is_terminal());
+            doctor::run(args, color).await
+        }
+        Command::Completions { shell } => Ok(generate::completions(*shell)?),
+        Command::Man => Ok(generate::man()?),
     }
 }
 

@@ -758,6 +758,8 @@ impl Engine {
     /// One request to the token endpoint for a variant, with health bookkeeping.
     async fn fetch(&self, prof: &Arc<ProfileRt>, key: &VariantKey) -> Result<TokenSet, ApiError> {
         let res = self.fetch_inner(prof, key).await;
+        // Only a credential that existed and was rejected is news for the desktop.
+        let had_credential = res.is_err() && lock(&prof.cred).present == Some(true);
         let mut h = lock(&prof.health);
         match &res {
             Ok(_) => {
@@ -777,8 +779,12 @@ impl Engine {
                         tracing::warn!(profile = %prof.cfg.name, retry_in_ms = d.as_millis() as u64, "{}", e.message);
                     }
                     ErrorCode::LoginRequired => {
+                        let newly = !h.login_required;
                         h.login_required = true;
                         tracing::warn!(profile = %prof.cfg.name, "{}", e.message);
+                        if newly && had_credential {
+                            crate::notify::login_required(&prof.cfg.name);
+                        }
                     }
                     _ => tracing::warn!(profile = %prof.cfg.name, "{}", e.message),
                 }
@@ -1006,6 +1012,17 @@ impl Engine {
         // The scheduler planned its sleep without this variant (it was due): wake it so
         // it plans the next refresh of the new token, or the retry after the backoff.
         self.wake.notify_one();
+    }
+
+    /// Saves rotated refresh tokens the store refused earlier; called at shutdown.
+    pub async fn persist(&self) {
+        let profs: Vec<Arc<ProfileRt>> = lock(&self.profiles).values().cloned().collect();
+        for p in profs.iter().filter(|p| p.has_unsaved()) {
+            p.flush_unsaved(&self.secrets).await;
+            if p.has_unsaved() {
+                tracing::error!(profile = %p.cfg.name, "the rotated refresh token could not be saved before exit; run `tokctl login {}` after the restart", p.cfg.name);
+            }
+        }
     }
 
     /// Wakes the scheduler (after a login stored new tokens).

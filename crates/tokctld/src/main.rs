@@ -3,8 +3,10 @@
 
 mod clock;
 mod config;
+mod doctor;
 mod engine;
 mod login;
+mod notify;
 mod secrets;
 mod server;
 mod socket;
@@ -66,6 +68,8 @@ fn harden() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // First, while no other thread exists: it edits the environment (LISTEN_*).
+    let inherited = socket::inherited();
     init_logging();
     harden();
     let uid = rustix::process::getuid().as_raw();
@@ -83,9 +87,14 @@ fn main() -> ExitCode {
     let socket_path = args
         .socket
         .unwrap_or_else(|| tokctl_proto::socket_path(uid));
-    let bound = match socket::bind(&socket_path, uid) {
+    let bound = match inherited {
+        Ok(Some((listener, origin))) => socket::adopt(listener, origin, &socket_path, uid),
+        Ok(None) => socket::bind(&socket_path, uid),
+        Err(e) => Err(e),
+    };
+    let bound = match bound {
         Ok(b) => b,
-        Err(e @ socket::SocketError::AlreadyRunning(_)) => {
+        Err(e @ socket::SocketError::AlreadyRunning(..)) => {
             // Not an error: the client that started us will find the running daemon.
             eprintln!("tokctld: {e}");
             return ExitCode::SUCCESS;
@@ -107,7 +116,10 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(serve(config, &config_path, &bound, uid));
+    // An inherited socket stays: systemd or launchd keeps listening for the next start.
     bound.remove();
+    // Do not wait for blocked workers (a keychain call stuck in D-Bus) to finish.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     code
 }
@@ -139,6 +151,38 @@ fn signals() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
     Ok(rx)
 }
 
+/// Names of profiles added, changed and removed between two configs, for the reload log.
+fn profile_changes(old: &Config, new: &Config) -> String {
+    let mut parts = Vec::new();
+    let pick = |f: &dyn Fn(&str) -> bool, names: &mut dyn Iterator<Item = &String>| {
+        names
+            .filter(|n| f(n))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added = pick(&|n| !old.profiles.contains_key(n), &mut new.profiles.keys());
+    let changed = pick(
+        &|n| {
+            old.profiles
+                .get(n)
+                .is_some_and(|p| Some(p) != new.profiles.get(n))
+        },
+        &mut new.profiles.keys(),
+    );
+    let removed = pick(&|n| !new.profiles.contains_key(n), &mut old.profiles.keys());
+    for (what, names) in [("added", added), ("changed", changed), ("removed", removed)] {
+        if !names.is_empty() {
+            parts.push(format!("{what}: {names}"));
+        }
+    }
+    if parts.is_empty() {
+        "no profile changed".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn reloader(
     engine: Arc<Engine>,
     path: PathBuf,
@@ -146,11 +190,13 @@ fn reloader(
     move || match Config::load(&path) {
         Ok(c) => {
             let n = c.profiles.len();
-            if c.store != engine.config().store {
+            let old = engine.config();
+            if c.store != old.store {
                 tracing::warn!("`store` changed; restart tokctld for it to take effect");
             }
+            let changes = profile_changes(&old, &c);
             engine.replace_config(c);
-            tracing::info!(profiles = n, "config reloaded");
+            tracing::info!(profiles = n, "config reloaded: {changes}");
             Ok(n)
         }
         Err(e) => {
@@ -171,6 +217,7 @@ async fn serve(
         StoreKind::File => Backend::File(secrets::file_store_path()),
     };
     let engine = Engine::new(config, Secrets::new(backend));
+    doctor::mark_start();
     let reload = reloader(engine.clone(), config_path.to_path_buf());
     let mut sig = match signals() {
         Ok(s) => s,
@@ -197,21 +244,24 @@ async fn serve(
         }
     };
     let state = Arc::new(server::AppState {
+        config_path: config_path.to_path_buf(),
         engine: engine.clone(),
         reload: Box::new(reloader(engine.clone(), config_path.to_path_buf())),
     });
     tokio::spawn(engine.clone().run_scheduler());
-    tracing::info!(socket = %bound.path.display(), version = tokctl_proto::VERSION, "listening");
+    tracing::info!(socket = %bound.path.display(), origin = bound.origin.as_str(), version = tokctl_proto::VERSION, "listening");
+    let reload_path = config_path.to_path_buf();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grace_rx = stop_rx.clone();
     tokio::spawn(async move {
         while let Some(s) = sig.recv().await {
             match s {
                 Signal::Reload => {
+                    tracing::info!("SIGHUP: reloading {}", reload_path.display());
                     let _ = reload();
                 }
                 Signal::Stop => {
-                    tracing::info!("shutting down");
+                    tracing::info!("shutting down: finishing requests in flight");
                     let _ = stop_tx.send(true);
                     break;
                 }
@@ -235,6 +285,13 @@ async fn serve(
     if let Err(e) = res {
         tracing::error!("server failed: {e}");
         return ExitCode::from(1);
+    }
+    // A rotated refresh token the keychain refused earlier gets a last chance to be saved.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), engine.persist())
+        .await
+        .is_err()
+    {
+        tracing::error!("the secret store did not answer within 5s; an unsaved rotated refresh token is lost, log in again");
     }
     ExitCode::SUCCESS
 }

@@ -18,6 +18,8 @@ use tokctl_proto::{
 
 /// Shared state of the API handlers.
 pub struct AppState {
+    /// The config file the daemon reads (and `GET /v1/doctor` re-checks).
+    pub config_path: std::path::PathBuf,
     /// The token engine.
     pub engine: Arc<Engine>,
     /// Reloads the config from disk (also used by SIGHUP).
@@ -66,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/logout", post(logout))
         .route("/v1/invalidate", post(invalidate))
         .route("/v1/reload", post(reload))
+        .route("/v1/doctor", get(doctor))
         .fallback(|| async {
             ApiFailure(ApiError::new(
                 ErrorCode::Usage,
@@ -128,6 +131,11 @@ async fn routes(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::RoutesRes
             })
             .collect(),
     })
+}
+
+/// The daemon's half of `tokctl doctor`.
+async fn doctor(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::DoctorResponse> {
+    Json(crate::doctor::run(&st.engine, &st.config_path).await)
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::StatusResponse> {

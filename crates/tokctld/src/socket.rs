@@ -1,5 +1,6 @@
-//! The listening socket: a private directory, a singleton lock, stale-socket recovery, and
-//! a listener that drops connections from other users before reading a byte.
+//! The listening socket: a private directory, a singleton lock, stale-socket recovery, a
+//! socket inherited from systemd or launchd, and a listener that drops connections from
+//! other users before reading a byte.
 
 use axum::serve::Listener;
 use rustix::fs::{FlockOperation, Mode, OFlags};
@@ -15,9 +16,9 @@ use tokio::net::{UnixListener, UnixStream};
 /// Why the daemon could not take its socket.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    /// Another tokctld holds the lock for this socket.
-    #[error("tokctld is already running on {0}")]
-    AlreadyRunning(PathBuf),
+    /// Another tokctld holds the lock for this socket (its pid, when it wrote one).
+    #[error("tokctld is already running on {}{}; not starting a second one", .0.display(), pid_note(*.1))]
+    AlreadyRunning(PathBuf, Option<u32>),
     /// The directory or path is unsafe; the message says how to fix it.
     #[error("{0}")]
     Unsafe(String),
@@ -33,11 +34,38 @@ pub enum SocketError {
     },
 }
 
+fn pid_note(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
     move |source| SocketError::Io {
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Where the listening socket came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// tokctld bound it itself, and removes it on exit.
+    Bound,
+    /// Passed by systemd socket activation (`LISTEN_FDS`); the socket unit owns the file.
+    Systemd,
+    /// Passed by launchd (the LaunchAgent's `Sockets`); launchd owns the file.
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    Launchd,
+}
+
+impl Origin {
+    /// A word for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Bound => "bound",
+            Origin::Systemd => "systemd",
+            Origin::Launchd => "launchd",
+        }
     }
 }
 
@@ -47,16 +75,20 @@ pub struct BoundSocket {
     pub listener: std::os::unix::net::UnixListener,
     /// The path it is bound to.
     pub path: PathBuf,
-    /// Device and inode of the socket we created, so shutdown removes only our own.
-    ident: (u64, u64),
+    /// Who created it.
+    pub origin: Origin,
+    /// Device and inode of the socket we created, so shutdown removes only our own. `None`
+    /// for an inherited socket: the service manager keeps it for the next activation.
+    ident: Option<(u64, u64)>,
     _lock: OwnedFd,
 }
 
 impl BoundSocket {
     /// Removes the socket file if it is still the one this process created.
     pub fn remove(&self) {
+        let Some(ident) = self.ident else { return };
         if let Ok(m) = fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.ident {
+            if (m.dev(), m.ino()) == ident {
                 let _ = fs::remove_file(&self.path);
             }
         }
@@ -110,7 +142,8 @@ fn check_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
     Ok(())
 }
 
-/// Takes the singleton lock next to the socket. `AlreadyRunning` when another daemon has it.
+/// Takes the singleton lock next to the socket and writes our pid into it (for the
+/// message a second daemon prints). `AlreadyRunning` when another daemon has it.
 pub fn lock(socket: &Path) -> Result<OwnedFd, SocketError> {
     let lock_path = socket.with_extension("lock");
     let fd = rustix::fs::open(
@@ -120,9 +153,19 @@ pub fn lock(socket: &Path) -> Result<OwnedFd, SocketError> {
     )
     .map_err(|e| io_err("cannot open lock file", &lock_path)(e.into()))?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(fd),
+        Ok(()) => {
+            // Only the holder writes, so readers see a whole pid or an empty file.
+            let _ = rustix::fs::ftruncate(&fd, 0);
+            let _ = rustix::io::pwrite(&fd, std::process::id().to_string().as_bytes(), 0);
+            Ok(fd)
+        }
         Err(rustix::io::Errno::WOULDBLOCK) => {
-            Err(SocketError::AlreadyRunning(socket.to_path_buf()))
+            let mut buf = [0u8; 16];
+            let n = rustix::io::pread(&fd, &mut buf, 0).unwrap_or(0);
+            let pid = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            Err(SocketError::AlreadyRunning(socket.to_path_buf(), pid))
         }
         Err(e) => Err(io_err("cannot lock", &lock_path)(e.into())),
     }
@@ -151,9 +194,205 @@ pub fn bind(path: &Path, uid: u32) -> Result<BoundSocket, SocketError> {
     Ok(BoundSocket {
         listener,
         path: path.to_path_buf(),
-        ident: (m.dev(), m.ino()),
+        origin: Origin::Bound,
+        ident: Some((m.dev(), m.ino())),
         _lock: lock,
     })
+}
+
+/// Takes over a listening socket passed by a service manager: same directory rules and
+/// singleton lock as [`bind`], the file tightened to 0600, and left in place on exit.
+/// `expected` is the path clients use; a different one is logged, not refused.
+pub fn adopt(
+    listener: std::os::unix::net::UnixListener,
+    origin: Origin,
+    expected: &Path,
+    uid: u32,
+) -> Result<BoundSocket, SocketError> {
+    let actual = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let Some(path) = actual else {
+        return Err(SocketError::Unsafe(format!(
+            "the socket passed by {} is not bound to a path; use a ListenStream path such as %t/tokctl/tokctld.sock",
+            origin.as_str()
+        )));
+    };
+    if path != expected {
+        tracing::warn!(
+            "the {} socket is {}, but clients look for {}; set TOKCTL_SOCKET to the same path for both",
+            origin.as_str(),
+            path.display(),
+            expected.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        check_dir(dir, uid)?;
+    }
+    let lock = lock(&path)?;
+    let m = fs::symlink_metadata(&path).map_err(io_err("cannot inspect socket", &path))?;
+    if m.uid() == uid && m.mode() & 0o077 != 0 {
+        // systemd-socket-activate and a SocketMode-less unit create it by the umask.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("cannot chmod socket", &path))?;
+    }
+    Ok(BoundSocket {
+        listener,
+        path,
+        origin,
+        ident: None,
+        _lock: lock,
+    })
+}
+
+/// The listening socket a service manager passed to this process, if any: systemd's
+/// `LISTEN_FDS` protocol on Linux, `launch_activate_socket` on macOS.
+///
+/// Call it first thing in `main`, before any thread starts: it removes `LISTEN_PID`,
+/// `LISTEN_FDS` and `LISTEN_FDNAMES` from the environment, so no child (a browser, a
+/// helper) mistakes our descriptors for its own.
+pub fn inherited() -> Result<Option<(std::os::unix::net::UnixListener, Origin)>, SocketError> {
+    #[cfg(target_os = "macos")]
+    if let Some(l) = launchd::listener()? {
+        return Ok(Some((l, Origin::Launchd)));
+    }
+    Ok(systemd_listener()?.map(|l| (l, Origin::Systemd)))
+}
+
+/// The first descriptor of the `LISTEN_FDS` protocol (sd_listen_fds(3)).
+const LISTEN_FDS_START: i32 = 3;
+
+fn systemd_listener() -> Result<Option<std::os::unix::net::UnixListener>, SocketError> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(v);
+    }
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(None);
+    };
+    // Meant for another process (we were started by one that got them): not ours to take.
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let bad = |m: String| SocketError::Unsafe(format!("socket activation: {m}"));
+    match fds.trim().parse::<u32>() {
+        Ok(0) => return Ok(None),
+        Ok(1) => {}
+        Ok(n) => {
+            return Err(bad(format!(
+                "{n} sockets passed; tokctld.socket must have exactly one ListenStream"
+            )))
+        }
+        Err(_) => return Err(bad(format!("LISTEN_FDS={fds:?} is not a number"))),
+    }
+    let fd = take_listen_fd().ok_or_else(|| {
+        bad(format!(
+            "LISTEN_FDS=1 but descriptor {LISTEN_FDS_START} is not an open socket"
+        ))
+    })?;
+    listener_from_fd(fd).map(Some)
+}
+
+/// Checks that a passed descriptor is a listening Unix stream socket and makes it ours
+/// (close-on-exec, so a browser we start does not keep it open).
+fn listener_from_fd(fd: OwnedFd) -> Result<std::os::unix::net::UnixListener, SocketError> {
+    use rustix::net::{sockopt, SocketAddrAny, SocketType};
+    let bad = |m: &str| SocketError::Unsafe(format!("socket activation: {m}"));
+    if sockopt::get_socket_type(&fd).ok() != Some(SocketType::STREAM) {
+        return Err(bad(
+            "the passed descriptor is not a stream socket (use ListenStream=)",
+        ));
+    }
+    if !matches!(rustix::net::getsockname(&fd), Ok(SocketAddrAny::Unix(_))) {
+        return Err(bad(
+            "the passed socket is not a Unix socket; tokctld only listens on a path",
+        ));
+    }
+    if !sockopt::get_socket_acceptconn(&fd).unwrap_or(false) {
+        return Err(bad("the passed socket is not listening"));
+    }
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| bad(&format!("cannot set close-on-exec: {e}")))?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
+/// Takes ownership of descriptor 3, once, after checking it is an open socket.
+#[allow(unsafe_code)]
+fn take_listen_fd() -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    // /proc tells without touching the descriptor whether it is open and a socket.
+    #[cfg(target_os = "linux")]
+    {
+        let target = fs::read_link(format!("/proc/self/fd/{LISTEN_FDS_START}")).ok()?;
+        if !target.to_string_lossy().starts_with("socket:") {
+            return None;
+        }
+    }
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    // SAFETY: LISTEN_PID names this process, so the service manager passed descriptor 3
+    // to it and nothing in this process has opened or owns it (std opens nothing at 3
+    // before main, and this runs before any other code opens files); TAKEN makes sure it
+    // is adopted at most once.
+    Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) })
+}
+
+#[cfg(target_os = "macos")]
+mod launchd {
+    //! launch_activate_socket(3): the sockets of the LaunchAgent's `Sockets` dictionary.
+    #![allow(unsafe_code)]
+
+    use super::{listener_from_fd, SocketError};
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// The key of the `Sockets` entry in launchd/dev.tokctl.tokctld.plist.
+    const SOCKET_NAME: &std::ffi::CStr = c"Listeners";
+
+    extern "C" {
+        fn launch_activate_socket(
+            name: *const libc::c_char,
+            fds: *mut *mut libc::c_int,
+            cnt: *mut libc::size_t,
+        ) -> libc::c_int;
+    }
+
+    /// The first listening socket launchd holds for us; `None` when not started by launchd.
+    pub fn listener() -> Result<Option<std::os::unix::net::UnixListener>, SocketError> {
+        let mut fds: *mut libc::c_int = std::ptr::null_mut();
+        let mut cnt: libc::size_t = 0;
+        // SAFETY: the name is a NUL-terminated string and both out-pointers are valid.
+        let rc = unsafe { launch_activate_socket(SOCKET_NAME.as_ptr(), &mut fds, &mut cnt) };
+        if rc == libc::ESRCH || rc == libc::ENOENT {
+            // Not managed by launchd, or the plist has no such socket: bind our own.
+            return Ok(None);
+        }
+        if rc != 0 {
+            return Err(SocketError::Unsafe(format!(
+                "launch_activate_socket: {}",
+                std::io::Error::from_raw_os_error(rc)
+            )));
+        }
+        // SAFETY: on success launchd returns `cnt` descriptors in a malloc'd array that
+        // the caller owns and frees; each descriptor is ours to close.
+        let owned: Vec<OwnedFd> = unsafe {
+            let v = std::slice::from_raw_parts(fds, cnt)
+                .iter()
+                .map(|fd| OwnedFd::from_raw_fd(*fd))
+                .collect();
+            libc::free(fds.cast());
+            v
+        };
+        // Extra descriptors (an IPv6 twin of a TCP entry, say) are closed on drop.
+        match owned.into_iter().next() {
+            Some(fd) => listener_from_fd(fd).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 /// With the lock held: a socket of ours that refuses connections is stale and removed;
@@ -251,7 +490,7 @@ mod tests {
         // A second daemon on the same socket loses the lock and leaves the socket alone.
         assert!(matches!(
             bind(&sock, uid()),
-            Err(SocketError::AlreadyRunning(_))
+            Err(SocketError::AlreadyRunning(_, Some(p))) if p == std::process::id()
         ));
         assert!(sock.exists());
         b.remove();
@@ -280,6 +519,41 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("not by you"), "{e}");
+    }
+
+    #[test]
+    fn listen_fds_for_another_process_are_ignored_and_never_passed_on() {
+        // Only this test touches LISTEN_*; the pid is never ours.
+        std::env::set_var("LISTEN_PID", "1");
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_FDNAMES", "x");
+        assert!(systemd_listener().unwrap().is_none());
+        for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            assert!(std::env::var_os(v).is_none(), "{v} still set");
+        }
+        // Ours, but not a socket at fd 3: a clear error rather than adopting a stray fd.
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+        std::env::set_var("LISTEN_FDS", "2");
+        let e = systemd_listener().unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn an_adopted_socket_is_tightened_locked_and_left_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("d");
+        prepare_dir(&dir, uid()).unwrap();
+        let sock = dir.join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+        let b = adopt(l, Origin::Systemd, &sock, uid()).unwrap();
+        assert_eq!(fs::symlink_metadata(&sock).unwrap().mode() & 0o777, 0o600);
+        assert!(matches!(
+            bind(&sock, uid()),
+            Err(SocketError::AlreadyRunning(..))
+        ));
+        b.remove();
+        assert!(sock.exists(), "the service manager's socket stays");
     }
 
     #[test]
