@@ -758,3 +758,55 @@ fn login_required_raises_a_desktop_notification_without_token_text() -> Result<(
     }
     Ok(())
 }
+
+/// Runs `tokctl ARGS` on a pseudo-terminal (util-linux `script`) in `env`.
+fn on_terminal(env: &TestEnv, args: &str) -> Result<String> {
+    let mut c = env.command("script");
+    c.args(["-qec"])
+        .arg(format!("{} {args}", env.bin_path("tokctl").display()))
+        .arg("/dev/null");
+    let o = env.run(c, None)?;
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn status_is_a_table_on_a_terminal_with_colour_unless_no_color_and_json_in_a_pipe() -> Result<()> {
+    let mut env = TestEnv::new()?;
+    env.write_config(&format!(
+        "{}scopes = [\"api:read\"]\n",
+        cc_profile("ci", "http://127.0.0.1:9/", "x")
+    ))?;
+    env.spawn_daemon(&[])?;
+    // A pipe gets JSON without asking.
+    let o = env.tokctl(&["status"], None)?;
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json in a pipe");
+    assert_eq!(j["profiles"][0]["name"], "ci");
+
+    env.remove_env("NO_COLOR");
+    let table = on_terminal(&env, "status")?;
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("PROFILE"))
+        .unwrap_or_else(|| panic!("no table: {table:?}"));
+    for col in ["GRANT", "STATE", "EXPIRES IN", "SCOPES", "LAST ERROR"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(table.contains("api:read"), "{table:?}");
+    assert!(
+        table.contains("\x1b[2mlogged_out\x1b[0m"),
+        "coloured state: {table:?}"
+    );
+    // --json on a terminal is JSON too.
+    let json = on_terminal(&env, "status --json")?;
+    assert!(json.trim_start().starts_with('{'), "{json:?}");
+
+    env.set_env("NO_COLOR", "1");
+    let plain = on_terminal(&env, "status")?;
+    assert!(
+        plain.contains("PROFILE") && plain.contains("logged_out"),
+        "{plain:?}"
+    );
+    assert!(!plain.contains('\x1b'), "NO_COLOR is honoured: {plain:?}");
+    Ok(())
+}

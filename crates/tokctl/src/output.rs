@@ -79,8 +79,15 @@ pub fn render_status(s: &StatusResponse, now: u64, color: bool) -> String {
         out.push_str("no profiles configured\n");
         return out;
     }
-    let header = ["PROFILE", "GRANT", "STATE", "EXPIRES IN", "LAST ERROR"];
-    let rows: Vec<(ProfileState, [String; 5])> = s
+    let header = [
+        "PROFILE",
+        "GRANT",
+        "STATE",
+        "EXPIRES IN",
+        "SCOPES",
+        "LAST ERROR",
+    ];
+    let rows: Vec<(ProfileState, [String; 6])> = s
         .profiles
         .iter()
         .map(|p| {
@@ -93,11 +100,17 @@ pub fn render_status(s: &StatusResponse, now: u64, color: bool) -> String {
                 .last_error
                 .as_deref()
                 .map_or("-".to_owned(), |e| printable(e, 80));
+            let scopes = if p.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                printable(&p.scopes.join(" "), 60)
+            };
             let cells = [
                 printable(&p.name, 40),
                 printable(&p.grant, 40),
                 p.state.as_str().to_owned(),
                 expires,
+                scopes,
                 error,
             ];
             (p.state, cells)
@@ -109,7 +122,7 @@ pub fn render_status(s: &StatusResponse, now: u64, color: bool) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |out: &mut String, cells: [&str; 5], state: Option<ProfileState>| {
+    let line = |out: &mut String, cells: [&str; 6], state: Option<ProfileState>| {
         let mut l = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             let last = i == cells.len() - 1;
@@ -242,7 +255,7 @@ mod tests {
                     state: ProfileState::Valid,
                     expires_at: Some(1000 + 600),
                     refresh_at: None,
-                    scopes: vec![],
+                    scopes: vec!["openid".into(), "api".into()],
                     last_error: None,
                     variants: 0,
                 },
@@ -277,6 +290,9 @@ mod tests {
         assert_eq!(&lines[2][col..col + 5], "valid");
         assert_eq!(&lines[3][col..col + 14], "login_required");
         assert!(lines[2].contains("10m"));
+        let scol = lines[1].find("SCOPES").unwrap();
+        assert_eq!(&lines[2][scol..scol + 10], "openid api");
+        assert_eq!(&lines[3][scol..scol + 1], "-");
         assert!(lines[3].contains("expired") && lines[3].ends_with("invalid_grant"));
         assert!(
             !out.contains('\x1b'),

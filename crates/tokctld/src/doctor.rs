@@ -191,7 +191,8 @@ async fn issuer_check(engine: &Arc<Engine>, profile: &str) -> DoctorCheck {
     };
     let fix = format!(
         "check the issuer URL in the config and that this machine reaches it \
-         (`curl {issuer}/.well-known/openid-configuration`)"
+         (`curl {}/.well-known/openid-configuration`)",
+        issuer.trim_end_matches('/')
     );
     match tokio::time::timeout(CHECK_TIMEOUT, http.discover(&prof.cfg.issuer)).await {
         Ok(Ok(m)) => check(

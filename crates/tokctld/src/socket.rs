@@ -310,6 +310,8 @@ fn listener_from_fd(fd: OwnedFd) -> Result<std::os::unix::net::UnixListener, Soc
             "the passed socket is not a Unix socket; tokctld only listens on a path",
         ));
     }
+    // macOS declares SO_ACCEPTCONN but does not implement it; launchd sockets listen.
+    #[cfg(not(target_os = "macos"))]
     if !sockopt::get_socket_acceptconn(&fd).unwrap_or(false) {
         return Err(bad("the passed socket is not listening"));
     }
