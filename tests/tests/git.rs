@@ -310,3 +310,71 @@ fn an_unrouted_host_or_path_gets_no_credential() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_documented_per_host_setup_keeps_other_helpers_away_from_the_token() -> Result<()> {
+    let f = fixture(Challenge::BasicAndBearer)?;
+    // A helper the user already has globally (`store`, a keychain…), played by a spy that
+    // records only which operations git ran it for, never the values.
+    let spy_log = f.env.tmp_dir().join("spy.log");
+    let spy = f.env.tmp_dir().join("bin").join("git-credential-spy");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\ncat > /dev/null\n",
+            spy_log.display()
+        ),
+    )
+    .expect("write spy");
+    std::fs::set_permissions(&spy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let base = format!("http://127.0.0.1:{}", f.server.port());
+    let config = |g: &str, args: &[&str]| -> Result<()> {
+        let mut c = f.env.command(g);
+        c.args(["config", "--global"]).args(args);
+        let o = f.env.run(c, None)?;
+        assert!(
+            o.status.success(),
+            "git config {args:?}: {}",
+            text(&o.stderr)
+        );
+        Ok(())
+    };
+    // Plain `git clone`: only the global config of the test HOME applies.
+    let plain_clone = |g: &str, dir: &str| -> Result<Output> {
+        let mut c = f.env.command(g);
+        c.args(["clone", &f.server.url(REPO)])
+            .arg(f.env.home().join(dir))
+            .env("GIT_TERMINAL_PROMPT", "0");
+        f.env.run(c, None)
+    };
+    let helper = format!("credential.{base}.helper");
+    let use_path = format!("credential.{base}.useHttpPath");
+    for (i, g) in [DEBIAN_GIT, NEW_GIT].into_iter().enumerate() {
+        need(g);
+        // docs/integrations.md, per host: reset the helper list for this URL, then tokctl.
+        config(g, &["credential.helper", "spy"])?;
+        config(g, &["--replace-all", &helper, ""])?;
+        config(g, &["--add", &helper, "tokctl"])?;
+        config(g, &[&use_path, "true"])?;
+        std::fs::remove_file(&spy_log).ok();
+        let o = plain_clone(g, &format!("doc{i}"))?;
+        assert!(o.status.success(), "{g} clone: {}", text(&o.stderr));
+        assert!(
+            !spy_log.exists(),
+            "{g} ran the global helper for a tokctl URL: {:?}",
+            std::fs::read_to_string(&spy_log)
+        );
+
+        // Without the reset, git hands the token to the global helper too (`store`
+        // would write it to ~/.git-credentials): the reason the docs insist on it.
+        config(g, &["--unset-all", &helper])?;
+        config(g, &["--add", &helper, "tokctl"])?;
+        let o = plain_clone(g, &format!("noreset{i}"))?;
+        assert!(o.status.success(), "{g} clone: {}", text(&o.stderr));
+        let ops = std::fs::read_to_string(&spy_log).unwrap_or_default();
+        assert!(ops.lines().any(|l| l == "store"), "{g}: {ops:?}");
+        config(g, &["--unset-all", &helper])?;
+    }
+    Ok(())
+}

@@ -121,6 +121,40 @@ fn kubectl_gets_the_api_with_a_token_from_tokctl_kube() -> Result<()> {
     assert!(!o.status.success(), "an unknown token was accepted");
     assert!(api.requests()[before..].iter().all(|r| r.status == 401));
 
+    // A profile that needs a login: tokctl exits 4 without prompting, and its message
+    // reaches the user through kubectl's error.
+    let mut cfg = std::fs::read_to_string(env.config_path()).expect("config");
+    cfg.push_str(&format!(
+        "\n[profile.nologin]\nissuer = \"{}\"\nclient_id = \"{}\"\ngrant = \"device_code\"\n",
+        idp.issuer(),
+        defaults::DEVICE_CLI
+    ));
+    env.write_config(&cfg)?;
+    let (status, body) = env.socket_request("POST", "/v1/reload", Some("{}"))?;
+    assert_eq!(status, 200, "reload: {body}");
+    let nologin = write_tmp(
+        &env,
+        "kubeconfig-nologin",
+        &api.kubeconfig(&env.bin_path("tokctl"), &["kube", "nologin"]),
+    );
+    let before = api.requests().len();
+    let mut c = env.command(kubectl());
+    c.arg("--kubeconfig")
+        .arg(&nologin)
+        .args(["get", "--raw", "/api"]);
+    let o = env.run(c, None)?;
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("tokctl login nologin") && err.contains("exit code 4"),
+        "{err}"
+    );
+    assert_eq!(
+        api.requests().len(),
+        before,
+        "no request without a credential"
+    );
+
     // kubectl keeps exec credentials in memory only: no file of this HOME has the token.
     assert!(env.files_containing(&token)?.is_empty());
     Ok(())
