@@ -398,6 +398,40 @@ fn docker_login_stores_nothing_and_logout_keeps_the_token() -> Result<()> {
     assert!(o.status.success(), "docker logout: {}", text(&o.stderr));
     let o = docker_inspect(&f, &f.registry.image())?;
     assert!(o.status.success(), "docker: {}", text(&o.stderr));
+
+    // skopeo login/logout go through the same helper calls.
+    let skopeo = |args: &[&str], stdin: Option<&str>| -> Result<Output> {
+        need(SKOPEO);
+        let mut c = f.env.command(SKOPEO);
+        c.args(args).arg("--authfile").arg(&f.authfile);
+        if args[0] == "login" {
+            c.arg("--cert-dir").arg(f.registry.cert_dir());
+        }
+        c.arg(&host);
+        f.env.run(c, stdin.map(str::as_bytes))
+    };
+    let token = cached_token(&f, "ci")?;
+    let o = skopeo(
+        &["login", "-u", "oauth2", "--password-stdin"],
+        Some(&format!("{token}\n")),
+    )?;
+    assert!(o.status.success(), "skopeo login: {}", text(&o.stderr));
+    let o = skopeo(
+        &["login", "-u", "someone", "--password-stdin"],
+        Some(&format!("{other}\n")),
+    )?;
+    assert!(!o.status.success(), "skopeo stored a foreign credential");
+    assert!(
+        text(&o.stderr).contains("not stored"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = skopeo(&["logout"], None)?;
+    assert!(o.status.success(), "skopeo logout: {}", text(&o.stderr));
+    let auth = std::fs::read_to_string(&f.authfile).expect("auth file");
+    assert!(!auth.contains(&token) && !auth.contains(&other), "{auth}");
+    let o = skopeo_inspect(&f, &f.registry.image())?;
+    assert!(o.status.success(), "skopeo: {}", text(&o.stderr));
     Ok(())
 }
 
@@ -440,5 +474,28 @@ fn no_refresh_token_reaches_docker_skopeo_or_the_registry() -> Result<()> {
         Some(rt.as_str())
     );
     assert!(f.env.files_containing(&rt)?.is_empty());
+
+    // Logged out: the routed registry gets an error saying what to do (not "not found"),
+    // which docker shows; no login is started.
+    let o = f.env.tokctl(&["logout", "legacy"], None)?;
+    assert!(o.status.success(), "logout: {}", text(&o.stderr));
+    let before = f.idp.token_requests()?.total;
+    let o = helper(&f, "get", host.as_bytes())?;
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.starts_with("tokctl: ") && out.contains("tokctl login legacy"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1);
+    let o = docker_inspect(&f, &f.registry.image())?;
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("tokctl login legacy"), "{err}");
+    assert_eq!(
+        f.idp.token_requests()?.total,
+        before,
+        "no login, no token request"
+    );
     Ok(())
 }

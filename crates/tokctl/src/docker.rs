@@ -313,7 +313,13 @@ async fn get() -> ExitCode {
     let t = match token(profile, tokctl_proto::DEFAULT_MIN_TTL_SECS).await {
         Ok(t) => t,
         // A routed registry without a token: say why (e.g. "run `tokctl login work`").
-        Err(e) => return fail(&e.message),
+        // On stdout for the clients that quote it (skopeo, `docker login`), and on stderr
+        // too: `docker pull`/`manifest inspect` drop the helper's error and only say "no
+        // basic auth credentials", but pass the helper's stderr through.
+        Err(e) => {
+            eprintln!("tokctl: {}", printable(&e.message, 500));
+            return fail(&e.message);
+        }
     };
     match answer(&reg, &username, &t) {
         Some(text) => {
@@ -331,9 +337,10 @@ async fn get() -> ExitCode {
 /// passwords: re-saving the very token tokctl handed out is accepted as a no-op (so
 /// `docker login` with the helper's own credentials succeeds); anything else is refused.
 async fn store() -> ExitCode {
-    const REFUSED: &str = "not stored: tokctl issues the credentials of the registries it \
-                           routes (run `tokctl login PROFILE`) and stores no passwords; \
-                           map other registries to another helper";
+    // No backticks: docker and skopeo quote the helper's output in backticks.
+    const REFUSED: &str = "not stored: tokctl issues the tokens of the registries it routes \
+                           (log in with: tokctl login PROFILE) and stores no passwords; map \
+                           other registries to another credential helper";
     let Some(input) = read_input() else {
         return fail("unreadable or oversized credentials on stdin; nothing stored");
     };
