@@ -55,18 +55,20 @@ impl Registry {
 }
 
 /// Parses what docker sends on `get`/`erase`: `host[:port]`, or an http(s) URL whose path
-/// is ignored. `None` for anything else: control characters (CR, NUL), spaces, userinfo
-/// (`https://a@b`), a query or fragment, other schemes, non-ASCII hosts, plain http to a
-/// host that is not loopback.
+/// is ignored. `None` for anything else: control characters (CR, NUL), spaces, non-ASCII,
+/// userinfo (`https://a@b`), a query or fragment, other schemes, plain http to a host that
+/// is not loopback.
 pub fn parse_server_url(input: &[u8]) -> Option<Registry> {
     let text = std::str::from_utf8(input).ok()?;
     // Typed by hand (`echo host | docker-credential-tokctl get`) it ends in a newline.
     let text = text.strip_suffix('\n').unwrap_or(text);
     if text.is_empty()
         || text.len() > 2048
+        // Printable ASCII only, and no userinfo, query, fragment, backslash or escapes:
+        // what is left is a host, a port and (ignored) path segments.
         || text
             .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || "@?#\\%".contains(c))
+            .any(|c| !c.is_ascii_graphic() || "@?#\\%".contains(c))
     {
         return None;
     }
@@ -457,6 +459,8 @@ mod tests {
             "reg..test",
             "-reg.test",
             "reg.test\\evil",
+            "reg.test/pä",
+            "reg.test/\u{202e}",
             "[zz]:5000",
             "https://",
         ] {
