@@ -259,7 +259,18 @@ fn sigterm_finishes_in_flight_requests_exits_zero_and_removes_the_socket() -> Re
     let get = get.spawn().expect("tokctl get");
     // Collected on its own thread, so the child is waited for on every path.
     let get = thread::spawn(move || get.wait_with_output());
-    thread::sleep(Duration::from_millis(500));
+    // In flight for sure: the daemon shows the profile refreshing (it waits on the IdP).
+    let refreshing = || {
+        env.daemon_status().ok().flatten().is_some_and(|s| {
+            s.profiles
+                .iter()
+                .any(|p| p.state == tokctl_proto::ProfileState::Refreshing)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), refreshing),
+        "the get never reached the daemon"
+    );
     let t0 = Instant::now();
     signal(pid, Sig::Term)?;
     thread::sleep(Duration::from_millis(700));
@@ -280,19 +291,33 @@ fn sigterm_finishes_in_flight_requests_exits_zero_and_removes_the_socket() -> Re
     let sock = env.socket_path();
     assert!(!sock.exists(), "socket removed: {}", sock.display());
 
-    // An idle daemon stops at once.
-    let pid2 = env.spawn_daemon(&[])?;
-    let t1 = Instant::now();
-    signal(pid2, Sig::Term)?;
-    assert!(
-        eventually(Duration::from_secs(5), || !is_alive(pid2)),
-        "idle daemon did not stop"
-    );
-    let idle = t1.elapsed();
-    assert!(!sock.exists(), "socket removed after the idle stop");
+    // An idle daemon stops at once, on SIGTERM and on SIGINT alike.
+    let mut idle = Duration::ZERO;
+    for sig in [Sig::Term, Sig::Int] {
+        let mut c = env.cmd("tokctld");
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        reap.0.push(c.spawn().expect("tokctld starts"));
+        let child = reap.0.last_mut().expect("just pushed");
+        assert!(eventually(Duration::from_secs(20), || env
+            .daemon_status()
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.pid == child.id())));
+        let t1 = Instant::now();
+        signal(child.id(), sig)?;
+        let status = wait_exit(child, Duration::from_secs(5)).expect("idle daemon stops");
+        if sig == Sig::Term {
+            idle = t1.elapsed();
+        }
+        assert_eq!(status.code(), Some(0), "{sig:?}");
+        assert!(!sock.exists(), "socket removed after {sig:?}");
+    }
     println!(
         "FIGURE SIGTERM: with a request in flight (IdP frozen 0.7 s) exit 0 after {:.2} s, \
-         request answered; idle daemon gone {:.0} ms after SIGTERM; socket removed both times",
+         request answered; idle daemon gone {:.0} ms after SIGTERM (SIGINT: exit 0 too); socket \
+         removed each time",
         took.as_secs_f64(),
         idle.as_secs_f64() * 1000.0
     );
@@ -809,4 +834,64 @@ fn status_is_a_table_on_a_terminal_with_colour_unless_no_color_and_json_in_a_pip
     );
     assert!(!plain.contains('\x1b'), "NO_COLOR is honoured: {plain:?}");
     Ok(())
+}
+
+#[test]
+fn install_script_writes_a_launch_agent_on_macos() {
+    // The macOS branch of install.sh, run here with a `uname` that answers Darwin; the
+    // plist it writes is checked with plistlib like the template.
+    let t = tempfile::tempdir().expect("tempdir");
+    let fake = t.path().join("fakebin");
+    fs::create_dir_all(&fake).expect("mkdir");
+    fs::write(fake.join("uname"), "#!/bin/sh\necho Darwin\n").expect("write");
+    fs::set_permissions(fake.join("uname"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = t.path().join("home dir");
+    let tmp = t.path().join("tmp");
+    fs::create_dir_all(&tmp).expect("mkdir");
+    let prefix = t.path().join("prefix");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("bash")
+        .arg(repo_root().join("scripts/install.sh"))
+        .arg("--from")
+        .arg(bin_dir())
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &home)
+        .env("TMPDIR", &tmp)
+        .env("PREFIX", &prefix)
+        .output()
+        .expect("install.sh runs");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("launchctl bootstrap"));
+    let plist = home.join("Library/LaunchAgents/dev.tokctl.tokctld.plist");
+    let script =
+        "import json, plistlib, sys\nprint(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))))";
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(&plist)
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "plistlib: {}", text(&o.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let uid = rustix::process::getuid().as_raw();
+    let sock = tmp.join(format!("tokctl-{uid}/tokctld.sock"));
+    let sock = sock.to_str().expect("utf-8");
+    assert_eq!(
+        p["ProgramArguments"][0],
+        prefix.join("bin/tokctld").to_str().expect("utf-8")
+    );
+    assert_eq!(p["Sockets"]["Listeners"]["SockPathName"], sock);
+    assert_eq!(p["EnvironmentVariables"]["TOKCTL_SOCKET"], sock);
+    let log = home.join("Library/Logs/tokctld.log");
+    assert_eq!(p["StandardErrorPath"], log.to_str().expect("utf-8"));
+    assert!(
+        !fs::read_to_string(&plist).expect("read").contains('@'),
+        "placeholders left"
+    );
+    let dir = fs::metadata(tmp.join(format!("tokctl-{uid}"))).expect("socket dir made");
+    assert_eq!(dir.mode() & 0o777, 0o700);
 }
