@@ -895,3 +895,126 @@ fn install_script_writes_a_launch_agent_on_macos() {
     let dir = fs::metadata(tmp.join(format!("tokctl-{uid}"))).expect("socket dir made");
     assert_eq!(dir.mode() & 0o777, 0o700);
 }
+
+/// The system calls a `systemd-analyze syscall-filter` group allows, groups expanded.
+fn syscall_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
+    let o = Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .expect("systemd-analyze runs");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for l in text(&o.stdout).lines().skip(1) {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if l.starts_with('@') {
+            if out.insert(l.to_owned()) {
+                syscall_group(l, out);
+            }
+        } else {
+            out.insert(l.to_owned());
+        }
+    }
+}
+
+/// The value of `key=` in the service unit.
+fn unit_setting(key: &str) -> String {
+    let unit = fs::read_to_string(repo_root().join("systemd/tokctld.service")).expect("unit");
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in tokctld.service"))
+        .to_owned()
+}
+
+#[test]
+fn the_daemon_stays_inside_the_units_seccomp_and_address_family_limits() -> Result<()> {
+    // systemd is not PID 1 here, so the unit's sandbox cannot be applied for real; strace
+    // shows every system call a working daemon makes (keychain writes over D-Bus, a token
+    // from the IdP, doctor, SIGHUP, SIGTERM), and each must pass the unit's filters.
+    let idp = Idp::start(IdpConfig::default())?;
+    let mut env = TestEnv::new()?;
+    env.set_env("TOKCTL_NO_AUTOSTART", "1");
+    env.write_config(&cc_profile("ci", idp.issuer(), defaults::CC_BASIC))?;
+    let trace = env.logs_dir().join("strace.log");
+    let mut st = env.command("strace");
+    st.args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(env.bin_path("tokctld"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut reap = Reap(vec![st
+        .spawn()
+        .expect("strace runs (Debian package strace)")]);
+    assert!(eventually(Duration::from_secs(30), || env
+        .daemon_status()
+        .ok()
+        .flatten()
+        .is_some()));
+    let o = env.tokctl(
+        &["secret", "set", "ci"],
+        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
+    )?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = env.tokctl(&["get", "ci"], None)?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = env.tokctl(&["doctor"], None)?;
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    env.signal_daemon(Sig::Hup)?;
+    assert!(eventually(Duration::from_secs(10), || fs::read_to_string(
+        &trace
+    )
+    .unwrap_or_default()
+    .contains("--- SIGHUP")));
+    env.signal_daemon(Sig::Term)?;
+    let status = wait_exit(&mut reap.0[0], Duration::from_secs(20)).expect("strace ends");
+    assert!(status.success(), "tokctld under strace: {status}");
+
+    let mut allowed = std::collections::BTreeSet::new();
+    let filter = unit_setting("SystemCallFilter");
+    for group in filter.split_whitespace() {
+        syscall_group(group, &mut allowed);
+    }
+    let families = unit_setting("RestrictAddressFamilies");
+    let log = fs::read_to_string(&trace).expect("trace");
+    let mut used = std::collections::BTreeSet::new();
+    let mut outside = Vec::new();
+    for line in log.lines() {
+        let Some(call) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            continue;
+        }
+        used.insert(name.to_owned());
+        if !allowed.contains(name) {
+            outside.push(line.to_owned());
+        }
+        if name == "socket" {
+            let family = args.split(',').next().unwrap_or("");
+            assert!(families.split_whitespace().any(|f| f == family), "{line}");
+        }
+        // MemoryDenyWriteExecute: no writable+executable mapping, no exec added later.
+        if (name == "mmap" && line.contains("PROT_WRITE") && line.contains("PROT_EXEC"))
+            || (name == "mprotect" && line.contains("PROT_EXEC"))
+        {
+            panic!("W^X violated: {line}");
+        }
+    }
+    assert!(used.len() > 30, "the trace is real: {used:?}");
+    assert!(
+        used.contains("sendmsg") || used.contains("sendto"),
+        "{used:?}"
+    );
+    assert!(outside.is_empty(), "outside {filter}: {outside:#?}");
+    println!(
+        "FIGURE hardening: {} distinct system calls, all in {filter}; socket families within \
+         {families}; no W+X mapping",
+        used.len()
+    );
+    Ok(())
+}
