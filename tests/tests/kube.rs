@@ -12,11 +12,17 @@ use tokctl_e2e::{defaults, text, AuthScheme, Idp, IdpConfig, KubeApi, Result, Te
 /// The plain kubectl binary; `/usr/bin/kubectl` is a dispatcher that may add requests.
 fn kubectl() -> PathBuf {
     let plain = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if plain.is_file() {
+    let k = if plain.is_file() {
         plain.to_path_buf()
     } else {
         PathBuf::from("/usr/bin/kubectl")
-    }
+    };
+    // Debian's own kubernetes-client (1.20) predates ExecCredential v1.
+    assert!(
+        k.is_file(),
+        "kubectl is missing: these tests need kubectl 1.22+ (Google's apt repo: kubectl)"
+    );
+    k
 }
 
 /// A client-credentials profile `ci` with its secret stored, and a running daemon.
