@@ -276,35 +276,39 @@ fn read_registry() -> Option<Registry> {
     reg
 }
 
-/// The route for a registry: `(profile, username)`, or `None` when no route covers it.
-async fn route(reg: &Registry) -> Result<Option<(String, String)>, ApiError> {
+/// A connection to the daemon and the route for a registry: `(profile, username)`, or
+/// `None` when no route covers it. The connection is kept for the token request (one
+/// connect per helper run).
+async fn route(reg: &Registry) -> Result<(Daemon, Option<(String, String)>), ApiError> {
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("url", &reg.route_url())
         .finish();
-    let r: RouteResponse = Daemon::connect().await?.get(&format!("/route?{q}")).await?;
-    Ok(r.route.map(|m| (m.profile, m.username)))
+    let mut d = Daemon::connect().await?;
+    let r: RouteResponse = d.get(&format!("/route?{q}")).await?;
+    Ok((d, r.route.map(|m| (m.profile, m.username))))
 }
 
 /// The profile's access token, valid at least `min_ttl_secs` more.
-async fn token(profile: String, min_ttl_secs: u64) -> Result<TokenResponse, ApiError> {
+async fn token(
+    d: &mut Daemon,
+    profile: String,
+    min_ttl_secs: u64,
+) -> Result<TokenResponse, ApiError> {
     let q = TokenQuery {
         profile: Some(profile),
         min_ttl_secs,
         ..TokenQuery::default()
     };
-    Daemon::connect()
-        .await?
-        .get(&format!("/token?{}", q.to_query_string()))
-        .await
+    d.get(&format!("/token?{}", q.to_query_string())).await
 }
 
 async fn get() -> ExitCode {
     let Some(reg) = read_registry() else {
         return not_found();
     };
-    let (profile, username) = match route(&reg).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return not_found(),
+    let (mut d, (profile, username)) = match route(&reg).await {
+        Ok((d, Some(r))) => (d, r),
+        Ok((_, None)) => return not_found(),
         // With `credsStore: tokctl` every registry comes here: a daemon that cannot be
         // reached must not break pulls that need no credentials.
         Err(e) => {
@@ -312,7 +316,7 @@ async fn get() -> ExitCode {
             return not_found();
         }
     };
-    let t = match token(profile, tokctl_proto::DEFAULT_MIN_TTL_SECS).await {
+    let t = match token(&mut d, profile, tokctl_proto::DEFAULT_MIN_TTL_SECS).await {
         Ok(t) => t,
         // A routed registry without a token: say why (e.g. "run `tokctl login work`").
         // On stdout for the clients that quote it (skopeo, `docker login`), and on stderr
@@ -354,9 +358,9 @@ async fn store() -> ExitCode {
         return fail(REFUSED);
     };
     let ours = match route(&reg).await {
-        Ok(Some((profile, username))) if username == c.username => {
+        Ok((mut d, Some((profile, username)))) if username == c.username => {
             // Whatever is cached: a refresh here would never equal docker's copy.
-            token(profile, 0)
+            token(&mut d, profile, 0)
                 .await
                 .is_ok_and(|t| t.access_token == c.secret)
         }
