@@ -122,6 +122,8 @@ fn clone_and_push(g: &str, scheme: AuthScheme) -> Result<()> {
     );
 
     let seen = f.server.requests();
+    // What the server saw (tokens redacted by Debug), for the test log.
+    eprintln!("{g} clone: {seen:#?}");
     assert_eq!(
         seen.first().map(|r| (r.scheme, r.status)),
         Some((AuthScheme::None, 401)),
@@ -157,6 +159,7 @@ fn clone_and_push(g: &str, scheme: AuthScheme) -> Result<()> {
     let local = git(&f, g, &["-C", &work_s, "rev-parse", "HEAD"])?;
     assert_eq!(f.server.head(REPO)?, text(&local.stdout), "the push landed");
     let seen = f.server.requests();
+    eprintln!("{g} push: {seen:#?}");
     let pack = seen
         .iter()
         .find(|r| r.method == "POST" && r.target.ends_with("/git-receive-pack"))
