@@ -499,3 +499,50 @@ fn no_refresh_token_reaches_docker_skopeo_or_the_registry() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_caller_that_never_closes_stdin_gets_nothing_after_five_seconds() -> Result<()> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let f = fixture()?;
+    let mut c = f.env.command("docker-credential-tokctl");
+    c.arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = c.spawn().expect("helper starts");
+    // A routed host, but the input never ends: the helper must not wait for ever, nor
+    // answer for a name that might still grow.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(f.registry.host().as_bytes())
+        .expect("write");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the helper still waits for input after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = start.elapsed();
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(out, NOT_FOUND);
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    Ok(())
+}
