@@ -9,6 +9,7 @@
 //! token realm), and never starts a login.
 
 use crate::conn::Daemon;
+use secrecy::zeroize::{Zeroize, Zeroizing};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -158,6 +159,13 @@ struct Credentials {
     username: String,
     #[serde(rename = "Secret")]
     secret: String,
+}
+
+impl Drop for Credentials {
+    /// The secret may be a password someone typed into `docker login`: wipe it.
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
 }
 
 /// The `get` answer for a route's username and token; `None` when either could not be
@@ -347,7 +355,7 @@ async fn store() -> ExitCode {
     const REFUSED: &str = "not stored: tokctl issues the tokens of the registries it routes \
                            (log in with: tokctl login PROFILE) and stores no passwords; map \
                            other registries to another credential helper";
-    let Some(input) = read_input() else {
+    let Some(input) = read_input().map(Zeroizing::new) else {
         return fail("unreadable or oversized credentials on stdin; nothing stored");
     };
     let Ok(c) = serde_json::from_slice::<Credentials>(&input) else {
