@@ -230,15 +230,21 @@ fn kubectl_runs_tokctl_again_once_the_token_has_expired() -> Result<()> {
     })?);
     let api = KubeApi::start(idp.clone())?;
     let env = cc_env(&idp)?;
-    // The plugin is a wrapper that counts its runs (no token passes through the file).
+    // The plugin is a wrapper that counts its runs and notes the expirationTimestamp it
+    // handed kubectl, as epoch seconds; the token stays in the shell's memory.
     let count = env.tmp_dir().join("plugin-runs");
+    let expiries = env.tmp_dir().join("plugin-expiries");
     let wrapper = write_tmp(
         &env,
         "tokctl-kube",
         &format!(
-            "#!/bin/sh\necho run >> '{}'\nexec '{}' kube ci\n",
-            count.display(),
-            env.bin_path("tokctl").display()
+            "#!/bin/sh\necho run >> '{count}'\nout=$('{tokctl}' kube ci) || exit $?\n\
+             printf '%s\\n' \"$out\"\n\
+             ts=$(printf '%s\\n' \"$out\" | sed -n 's/.*\"expirationTimestamp\":\"\\([^\"]*\\)\".*/\\1/p')\n\
+             date -u -d \"$ts\" +%s >> '{expiries}'\n",
+            count = count.display(),
+            tokctl = env.bin_path("tokctl").display(),
+            expiries = expiries.display(),
         ),
     );
     std::fs::set_permissions(
@@ -259,6 +265,15 @@ fn kubectl_runs_tokctl_again_once_the_token_has_expired() -> Result<()> {
     let old = first.last().and_then(|r| r.token.clone()).expect("a token");
     let exp = idp.introspect(&old)?["exp"].as_u64().expect("exp");
     assert_eq!(runs(), 1);
+    let kube_exp: u64 = std::fs::read_to_string(&expiries)
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse().ok())
+        .expect("the plugin noted an expiry");
+    // What kubectl was told is the IdP's expiry (the daemon takes it at receipt).
+    assert!(
+        kube_exp.abs_diff(exp) <= 2,
+        "expirationTimestamp {kube_exp} vs the IdP's exp {exp}"
+    );
 
     // Still valid: the same process keeps using its cached credential (checked only with
     // time to spare, so a slow machine cannot turn this into a false failure).
@@ -271,10 +286,10 @@ fn kubectl_runs_tokctl_again_once_the_token_has_expired() -> Result<()> {
         );
     }
 
-    // After the expiry (plus slack for the daemon's expiry being taken at receipt),
-    // the same kubectl process asks the plugin again and sends the new token.
+    // Once both the IdP's expiry and the one kubectl was told have passed, the same
+    // kubectl process asks the plugin again and sends the new token.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while now_secs() < exp + 3 {
+    while now_secs() < exp.max(kube_exp) + 1 {
         assert!(
             Instant::now() < deadline,
             "the clock did not reach the expiry"
@@ -302,5 +317,8 @@ fn kubectl_runs_tokctl_again_once_the_token_has_expired() -> Result<()> {
         .iter()
         .filter(|r| r.token.as_deref() == Some(old.as_str()))
         .all(|r| r.at < after_expiry));
+    // The wrapper's notes and kubectl's cache hold no token.
+    assert!(env.files_containing(&old)?.is_empty());
+    assert!(env.files_containing(&new)?.is_empty());
     Ok(())
 }
