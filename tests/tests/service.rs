@@ -1018,3 +1018,42 @@ fn the_daemon_stays_inside_the_units_seccomp_and_address_family_limits() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn under_journald_log_lines_carry_a_priority_and_no_timestamp_or_colour() -> Result<()> {
+    // systemd sets JOURNAL_STREAM for a service whose output goes to the journal, which
+    // adds its own timestamps.
+    let mut env = TestEnv::new()?;
+    env.write_config(&cc_profile("ci", "http://127.0.0.1:9/", "x"))?;
+    env.set_env("JOURNAL_STREAM", "8:12345");
+    env.set_env("TOKCTL_LOG", "info");
+    env.spawn_daemon(&[])?;
+    env.signal_daemon(Sig::Hup)?;
+    assert!(eventually(Duration::from_secs(10), || env
+        .daemon_log(0)
+        .contains("config reloaded")));
+    let log = env.daemon_log(0);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 2, "{log}");
+    for l in &lines {
+        // sd-daemon(3) priority prefixes: journald files each line at its level.
+        assert!(
+            l.starts_with("<6>INFO ") || l.starts_with("<4>WARN ") || l.starts_with("<3>ERROR "),
+            "a plain line: {l:?}"
+        );
+        assert!(!l.contains('\x1b'), "no colour: {l:?}");
+    }
+    assert!(lines[0].starts_with("<6>INFO listening socket="), "{log}");
+    // A broken config on reload is an error line, with file and line.
+    env.write_config("[profile.ci\n")?;
+    env.signal_daemon(Sig::Hup)?;
+    assert!(eventually(Duration::from_secs(10), || env
+        .daemon_log(0)
+        .contains("<3>ERROR config not reloaded")));
+    assert!(
+        env.daemon_log(0).contains("config.toml:1:"),
+        "{}",
+        env.daemon_log(0)
+    );
+    Ok(())
+}
