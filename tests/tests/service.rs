@@ -518,6 +518,28 @@ fn install_script_installs_into_a_temp_prefix() {
         "{}",
         text(&o.stderr)
     );
+
+    // A prefix inside HOME puts them in ~/.local/share/systemd/user; DESTDIR stages the
+    // files while the units keep the final path.
+    let home = t.path().join("home");
+    let stage = t.path().join("stage");
+    let o = Command::new("bash")
+        .arg(repo_root().join("scripts/install.sh"))
+        .arg("--from")
+        .arg(bin_dir())
+        .env("PREFIX", home.join(".local"))
+        .env("DESTDIR", &stage)
+        .env("HOME", &home)
+        .output()
+        .expect("install.sh runs");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let staged = stage.join(home.strip_prefix("/").expect("absolute"));
+    let service = fs::read_to_string(staged.join(".local/share/systemd/user/tokctld.service"))
+        .expect("unit under ~/.local/share/systemd/user");
+    let exec = format!("ExecStart={}", home.join(".local/bin/tokctld").display());
+    assert!(service.lines().any(|l| l == exec), "{service}");
+    assert!(staged.join(".local/bin/tokctld").is_file());
+    assert!(!home.join(".local").exists(), "nothing outside DESTDIR");
 }
 
 #[test]
