@@ -287,6 +287,7 @@ pub struct GitServer {
     port: u16,
     root: tempfile::TempDir,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    admit_probe: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -306,6 +307,7 @@ struct GitState {
     challenge: Challenge,
     project_root: PathBuf,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    admit_probe: Arc<AtomicBool>,
 }
 
 impl GitServer {
@@ -327,11 +329,13 @@ impl GitServer {
             .map_err(|e| Error::io("the git server's address", e))?
             .port();
         let seen: Arc<Mutex<Vec<SeenRequest>>> = Arc::default();
+        let admit_probe = Arc::new(AtomicBool::new(true));
         let state = Arc::new(GitState {
             idp,
             challenge,
             project_root: root.path().join("repos"),
             seen: seen.clone(),
+            admit_probe: admit_probe.clone(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = serve(
@@ -343,6 +347,7 @@ impl GitServer {
             port,
             root,
             seen,
+            admit_probe,
             stop,
             thread: Some(thread),
         })
@@ -439,6 +444,12 @@ impl GitServer {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether git's unauthenticated 4-byte probe (see [`is_probe`]) is let through; on by
+    /// default, as a server must for large pushes with a Bearer credential.
+    pub fn set_admit_probe(&self, admit: bool) {
+        self.admit_probe.store(admit, Ordering::SeqCst);
+    }
+
     /// Forgets the requests seen so far.
     pub fn clear_requests(&self) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -463,7 +474,8 @@ fn handle_git(st: &GitState, conn: TcpStream) {
         (AuthScheme::Bearer, Challenge::BasicAndBearer, Some(t)) => token_is_active(&st.idp, t),
         _ => false,
     };
-    let (status, headers, body) = if accepted {
+    let maybe_probe = !accepted && st.admit_probe.load(Ordering::SeqCst) && is_probe(&head, scheme);
+    let body = if accepted || maybe_probe {
         // curl may wait for a 100 before sending a large body.
         if head
             .header("expect")
@@ -472,9 +484,16 @@ fn handle_git(st: &GitState, conn: TcpStream) {
             let _ = r.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         match read_body(&mut r, &head) {
-            Ok(body) => run_backend(st, &head, username.as_deref(), &body),
+            Ok(body) => Some(body),
             Err(_) => return,
         }
+    } else {
+        None
+    };
+    let (status, headers, body) = if let Some(body) = body.filter(|b| accepted || b == b"0000") {
+        // The probe runs as nobody: a flush packet alone makes the backend do nothing.
+        let user = if accepted { username.as_deref() } else { None };
+        run_backend(st, &head, user, &body)
     } else {
         let mut h = vec![(
             "WWW-Authenticate".to_owned(),
@@ -488,7 +507,7 @@ fn handle_git(st: &GitState, conn: TcpStream) {
         }
         h.push(("Content-Type".to_owned(), "text/plain".to_owned()));
         // Drain a small body so the client sees the 401 rather than a reset connection.
-        if head.header("expect").is_none() {
+        if head.header("expect").is_none() && !maybe_probe {
             let _ = read_body(&mut r, &head);
         }
         (401, h, b"authentication required\n".to_vec())
@@ -508,6 +527,20 @@ fn handle_git(st: &GitState, conn: TcpStream) {
     let conn = r.get_mut();
     let _ = write_response(conn, status, &headers, &body);
     let _ = conn.shutdown(Shutdown::Write);
+}
+
+/// Whether `head` starts git's probe before a request larger than `http.postBuffer`: an
+/// RPC POST with no Authorization and exactly 4 bytes of body (the flush packet `0000`).
+/// git (2.46 to at least 2.51) sends it without a credential it passes as a header itself
+/// (`authtype=Bearer`), as it would with curl's Basic; a server must let it through, or
+/// large pushes and fetches with a Bearer credential fail.
+fn is_probe(head: &Head, scheme: AuthScheme) -> bool {
+    scheme == AuthScheme::None
+        && head.method == "POST"
+        && (head.path().ends_with("/git-receive-pack") || head.path().ends_with("/git-upload-pack"))
+        && head.header("content-length") == Some("4")
+        && head.header("transfer-encoding").is_none()
+        && head.header("content-encoding").is_none()
 }
 
 /// A response: status, headers, body.

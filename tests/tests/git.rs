@@ -104,6 +104,19 @@ fn clone(f: &Fixture, g: &str, repo: &str, dir: &str) -> Result<Output> {
     )
 }
 
+/// `len` pseudo-random bytes (xorshift), which zlib cannot shrink.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 /// The requests that carried a credential.
 fn with_credential(seen: &[SeenRequest]) -> Vec<&SeenRequest> {
     seen.iter().filter(|r| r.token.is_some()).collect()
@@ -146,8 +159,9 @@ fn clone_and_push(g: &str, scheme: AuthScheme) -> Result<()> {
     assert_eq!(f.idp.introspect(&token)?["active"], true);
     assert_eq!(f.idp.token_requests()?.total, 1);
 
-    // A push: receive-pack over HTTP with the same credential.
-    std::fs::write(work.join("pushed"), "from the e2e test\n").expect("write");
+    // A push: receive-pack over HTTP with the same credential. The pack is over 1 MiB
+    // (git's http.postBuffer), so git sends it chunked after a 4-byte probe request.
+    std::fs::write(work.join("pushed"), incompressible(2 << 20)).expect("write");
     let work_s = work.to_string_lossy().into_owned();
     let o = git(&f, g, &["-C", &work_s, "add", "pushed"])?;
     assert!(o.status.success(), "add: {}", text(&o.stderr));
@@ -155,15 +169,17 @@ fn clone_and_push(g: &str, scheme: AuthScheme) -> Result<()> {
     assert!(o.status.success(), "commit: {}", text(&o.stderr));
     f.server.clear_requests();
     let o = git(&f, g, &["-C", &work_s, "push", "origin", "main"])?;
+    let seen = f.server.requests();
+    eprintln!("{g} push: {seen:#?}");
     assert!(o.status.success(), "{g} push: {}", text(&o.stderr));
     let local = git(&f, g, &["-C", &work_s, "rev-parse", "HEAD"])?;
     assert_eq!(f.server.head(REPO)?, text(&local.stdout), "the push landed");
-    let seen = f.server.requests();
-    eprintln!("{g} push: {seen:#?}");
     let pack = seen
         .iter()
-        .find(|r| r.method == "POST" && r.target.ends_with("/git-receive-pack"))
-        .unwrap_or_else(|| panic!("no receive-pack POST: {seen:?}"));
+        .find(|r| {
+            r.method == "POST" && r.target.ends_with("/git-receive-pack") && r.token.is_some()
+        })
+        .unwrap_or_else(|| panic!("no receive-pack POST with a credential: {seen:?}"));
     assert_eq!((pack.scheme, pack.status), (scheme, 200), "{seen:?}");
     assert_eq!(pack.token.as_deref(), Some(token.as_str()));
     assert_eq!(
@@ -194,6 +210,53 @@ fn git_2_46_plus_clones_and_pushes_with_a_bearer_token() -> Result<()> {
         v.map(|o| text(&o.stdout)).unwrap_or_default()
     );
     clone_and_push(NEW_GIT, AuthScheme::Bearer)
+}
+
+#[test]
+fn a_large_bearer_push_works_with_a_bigger_post_buffer_where_the_probe_is_refused() -> Result<()> {
+    // Before a request larger than http.postBuffer git sends a 4-byte probe without the
+    // Bearer credential (it adds that header itself, unlike curl's Basic). A server that
+    // refuses the probe makes such pushes fail; a bigger http.postBuffer, as
+    // docs/integrations.md says, sends the pack in one request with the credential.
+    need(NEW_GIT);
+    let f = fixture(Challenge::BasicAndBearer)?;
+    f.server.set_admit_probe(false);
+    let o = clone(&f, NEW_GIT, REPO, "work")?;
+    assert!(o.status.success(), "clone: {}", text(&o.stderr));
+    let work = f.env.home().join("work").to_string_lossy().into_owned();
+    std::fs::write(
+        f.env.home().join("work").join("big"),
+        incompressible(3 << 20),
+    )
+    .expect("write");
+    for args in [&["add", "big"][..], &["commit", "-q", "-m", "big"]] {
+        let o = git(&f, NEW_GIT, &[&["-C", work.as_str()][..], args].concat())?;
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    }
+    f.server.clear_requests();
+    let o = git(
+        &f,
+        NEW_GIT,
+        &[
+            "-C",
+            &work,
+            "-c",
+            "http.postBuffer=67108864",
+            "push",
+            "origin",
+            "main",
+        ],
+    )?;
+    let seen = f.server.requests();
+    assert!(o.status.success(), "push: {}\n{seen:?}", text(&o.stderr));
+    let posts: Vec<_> = seen.iter().filter(|r| r.method == "POST").collect();
+    assert!(!posts.is_empty());
+    for r in posts {
+        assert_eq!((r.scheme, r.status), (AuthScheme::Bearer, 200), "{seen:?}");
+    }
+    let local = git(&f, NEW_GIT, &["-C", &work, "rev-parse", "HEAD"])?;
+    assert_eq!(f.server.head(REPO)?, text(&local.stdout));
+    Ok(())
 }
 
 #[test]
