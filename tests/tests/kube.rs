@@ -75,9 +75,19 @@ fn kubectl_gets_the_api_with_a_token_from_tokctl_kube() -> Result<()> {
             "client.authentication.k8s.io/v1beta1\n",
         ),
     );
+    // With the cluster's details (CA data included) in KUBERNETES_EXEC_INFO.
+    let info = write_tmp(
+        &env,
+        "kubeconfig-info",
+        &kc.replace(
+            "interactiveMode: Never\n",
+            "interactiveMode: Never\n      provideClusterInfo: true\n",
+        ),
+    );
+    assert_ne!(std::fs::read_to_string(&info).ok(), Some(kc.clone()));
 
     let mut token = None;
-    for cfg in [&v1, &beta] {
+    for cfg in [&v1, &beta, &info] {
         let mut c = env.command(kubectl());
         c.arg("--kubeconfig")
             .arg(cfg)
