@@ -8,6 +8,7 @@ mod commands;
 mod conn;
 mod docker;
 mod doctor;
+mod fastget;
 mod generate;
 mod git;
 mod input;
@@ -65,6 +66,17 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("{}", output::error_line(&e));
                 ExitCode::from(1)
+            }
+        };
+    }
+    // The hot path: `tokctl get [PROFILE] [--format F]` with the daemon up, without clap
+    // or a runtime (fastget.rs); every other case falls through to the full path.
+    if let Some((result, json)) = fastget::try_get() {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => {
+                report(&f, json);
+                ExitCode::from(f.error.error.exit_code())
             }
         };
     }
