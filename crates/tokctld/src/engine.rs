@@ -208,11 +208,24 @@ impl ProfileRt {
         if let Some(c) = &*g {
             return Ok(c.clone());
         }
+        // Profiles without a `ca_file` share one client: each client parses the system trust
+        // store (about 150 KiB of memory here), so memory grew with every profile that held a
+        // token (issue #8, idle RSS). Sharing also reuses connections to the same IdP. The
+        // proxy settings it reads from the environment are the same for every profile.
+        static SHARED: Mutex<Option<OAuthClient>> = Mutex::new(None);
+        let mut shared = self.cfg.ca_file.is_none().then(|| lock(&SHARED));
+        if let Some(Some(c)) = shared.as_deref() {
+            *g = Some(c.clone());
+            return Ok(c.clone());
+        }
         let opts = HttpOptions {
             ca_file: self.cfg.ca_file.clone(),
             ..HttpOptions::default()
         };
         let c = OAuthClient::new(&opts).map_err(|e| self.oauth_err(&e))?;
+        if let Some(shared) = shared.as_deref_mut() {
+            *shared = Some(c.clone());
+        }
         *g = Some(c.clone());
         Ok(c)
     }
