@@ -304,8 +304,6 @@ struct Callback {
 
 struct ListenerState {
     state: String,
-    issuer: String,
-    iss_required: bool,
     /// Taken by the first callback with the right state: one callback only.
     tx: Mutex<Option<oneshot::Sender<Callback>>>,
 }
@@ -359,10 +357,10 @@ async fn browser(
     );
 
     let (cb_tx, cb_rx) = oneshot::channel();
+    let issuer = prof.cfg.issuer.clone();
+    let iss_required = meta.authorization_response_iss_parameter_supported;
     let ls = Arc::new(ListenerState {
         state,
-        issuer: prof.cfg.issuer.clone(),
-        iss_required: meta.authorization_response_iss_parameter_supported,
         tx: Mutex::new(Some(cb_tx)),
     });
     let app = Router::new()
@@ -393,7 +391,12 @@ async fn browser(
                 )
             })?
             .map_err(|_| ApiError::new(ErrorCode::Other, "the loopback listener stopped"))?;
-        let outcome = redeem(engine, prof, &meta, &cb.params, &redirect_uri, &verifier).await;
+        // The issuer check comes first, for error responses too (RFC 9207 §2.4): a response
+        // from another IdP is never redeemed, and its error text is not believed.
+        let outcome = match check_iss(&prof.cfg.name, &cb.params, &issuer, iss_required) {
+            Ok(()) => redeem(engine, prof, &meta, &cb.params, &redirect_uri, &verifier).await,
+            Err(e) => Err(e),
+        };
         let page = match &outcome {
             Ok(_) => Ok(()),
             Err(e) => Err(e.message.clone()),
@@ -445,6 +448,46 @@ async fn redeem(
         .map_err(|e| prof.oauth_err(&e))
 }
 
+/// RFC 9207 §2.4: the `iss` of the authorization response must equal the issuer this login
+/// was started with (simple string comparison), and must be there when the IdP's metadata
+/// promises it. A mismatch means the response came from another IdP (mix-up, RFC 9700
+/// §4.4): the code is never redeemed, at either IdP.
+fn check_iss(
+    name: &str,
+    q: &HashMap<String, String>,
+    issuer: &str,
+    iss_required: bool,
+) -> Result<(), ApiError> {
+    match q.get("iss") {
+        Some(iss) if iss != issuer => {
+            tracing::warn!(profile = %name, "authorization response from another issuer refused (RFC 9207 mix-up defence)");
+            Err(ApiError::new(
+                ErrorCode::Other,
+                format!(
+                    "profile {name}: login refused: the authorization response came from issuer {}, not {} \
+                     (a mix-up attack or a misrouted browser, RFC 9207); no code was redeemed. \
+                     Run `tokctl login {name}` again and check the address in the browser",
+                    tokctl_proto::printable(iss, 200),
+                    tokctl_proto::printable(issuer, 200),
+                ),
+            ))
+        }
+        None if iss_required => {
+            tracing::warn!(profile = %name, "authorization response without iss refused: the IdP promises iss (RFC 9207)");
+            Err(ApiError::new(
+                ErrorCode::Other,
+                format!(
+                    "profile {name}: login refused: the authorization response carried no iss although {} \
+                     promises it (authorization_response_iss_parameter_supported, RFC 9207); no code was \
+                     redeemed. Run `tokctl login {name}` again",
+                    tokctl_proto::printable(issuer, 200),
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn not_found() -> Response {
     page(
         StatusCode::NOT_FOUND,
@@ -457,32 +500,16 @@ async fn callback(
     State(ls): State<Arc<ListenerState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    // Junk, a wrong state or a wrong issuer is ignored: the real callback may still come.
+    // Junk or a wrong state (another login's callback, a stale tab) is ignored: the real
+    // callback may still come. A callback with the right state ends the login either way;
+    // the flow checks its `iss` before anything else, so a mixed-up response fails loudly
+    // instead of leaving the user waiting for five minutes.
     if q.get("state") != Some(&ls.state) {
         return page(
             StatusCode::BAD_REQUEST,
             "Not this login",
             "This callback does not belong to the login tokctl is waiting for.",
         );
-    }
-    match q.get("iss") {
-        Some(iss) if *iss != ls.issuer => {
-            tracing::warn!("callback with a wrong iss ignored (RFC 9207 mix-up defence)");
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Wrong identity provider",
-                "The response came from an unexpected identity provider and was refused.",
-            );
-        }
-        None if ls.iss_required => {
-            tracing::warn!("callback without iss ignored: the IdP promises iss (RFC 9207)");
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Missing issuer",
-                "The response did not say which identity provider sent it and was refused.",
-            );
-        }
-        _ => {}
     }
     let Some(tx) = ls.tx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return page(
@@ -630,5 +657,28 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("default-src 'none'"));
+    }
+
+    #[test]
+    fn iss_is_compared_exactly_and_required_when_promised() {
+        let q = |iss: Option<&str>| {
+            let mut m = HashMap::from([("code".to_string(), "c".to_string())]);
+            if let Some(i) = iss {
+                m.insert("iss".into(), i.into());
+            }
+            m
+        };
+        let a = "https://a.test";
+        assert!(check_iss("p", &q(Some(a)), a, true).is_ok());
+        assert!(check_iss("p", &q(None), a, false).is_ok());
+        // Simple string comparison (RFC 9207 §2.4): no normalisation of a slash or case.
+        for bad in ["https://b.test", "https://a.test/", "https://A.test", "https://a.test\u{1b}[2J"] {
+            let e = check_iss("p", &q(Some(bad)), a, false).unwrap_err();
+            assert_eq!(e.error, ErrorCode::Other);
+            assert!(e.message.contains("RFC 9207") && e.message.contains(a), "{}", e.message);
+            assert!(!e.message.contains('\u{1b}'), "{}", e.message);
+        }
+        let e = check_iss("p", &q(None), a, true).unwrap_err();
+        assert!(e.message.contains("carried no iss"), "{}", e.message);
     }
 }
