@@ -482,6 +482,17 @@ pub struct DoctorResponse {
     pub checks: Vec<DoctorCheck>,
 }
 
+/// Whether `c` must not reach a terminal raw: C0 and C1 controls, DEL, and the bidi
+/// controls (U+061C, U+200E/F, U+202A–202E, U+2066–2069) that reorder what is shown (A11,
+/// "Trojan Source"). The one set every print site of the client uses.
+pub fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// Escapes control, escape and bidi characters and truncates, so text from a peer can be
 /// shown on a terminal or put in an error line safely.
 pub fn printable(s: &str, max_chars: usize) -> String {
@@ -491,9 +502,24 @@ pub fn printable(s: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
+        if is_unsafe_for_terminal(c) {
             out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Makes serialized JSON safe for a terminal without changing its value: serde_json writes
+/// C1 controls, DEL and bidi characters inside strings raw, so each becomes a `\uXXXX`
+/// escape (all of them are in the BMP). Only for JSON text, where such characters can occur
+/// only inside strings.
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_unsafe_for_terminal(c) && c != '\n' {
+            out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
         }
@@ -562,6 +588,47 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{l:?}").contains("CANARY"));
+    }
+
+    /// Every character the brief names as unsafe: C0, DEL, C1 and the bidi set.
+    fn unsafe_chars() -> Vec<char> {
+        let mut v: Vec<char> = (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32).collect();
+        v.extend(['\u{061c}', '\u{200e}', '\u{200f}']);
+        v.extend('\u{202a}'..='\u{202e}');
+        v.extend('\u{2066}'..='\u{2069}');
+        v
+    }
+
+    #[test]
+    fn printable_escapes_all_c0_del_c1_and_bidi() {
+        let all = unsafe_chars();
+        assert_eq!(all.len(), 32 + 1 + 32 + 3 + 5 + 4);
+        for c in all {
+            assert!(is_unsafe_for_terminal(c), "{:x}", c as u32);
+            let shown = printable(&format!("a{c}b"), 100);
+            assert!(!shown.contains(c), "U+{:04X} passed through: {shown:?}", c as u32);
+            assert!(shown.chars().all(|x| !is_unsafe_for_terminal(x)), "{shown:?}");
+            assert!(shown.starts_with('a') && shown.ends_with('b'), "{shown:?}");
+            assert!(shown.contains('\\'), "escaped form shown: {shown:?}");
+        }
+        // Ordinary text, including non-Latin letters and the ellipsis, is untouched.
+        for ok in ["WDJB-MJHT", "ünïcødé ✓", "شكرا", "https://idp/x?a=1&b=2", "…"] {
+            assert_eq!(printable(ok, 100), ok);
+        }
+        assert_eq!(printable("\u{9b}31m", 100), "\\u{9b}31m");
+        assert_eq!(printable("\u{061c}", 100), "\\u{61c}");
+    }
+
+    #[test]
+    fn json_for_terminal_keeps_the_value_and_drops_raw_controls() {
+        for c in unsafe_chars() {
+            let v = serde_json::json!({ "user_code": format!("A{c}B") });
+            let raw = serde_json::to_string(&v).unwrap();
+            let safe = json_for_terminal(&raw);
+            assert!(safe.chars().all(|x| !is_unsafe_for_terminal(x)), "U+{:04X}: {safe:?}", c as u32);
+            let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+            assert_eq!(back, v, "U+{:04X}", c as u32);
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub async fn status(json: bool, color: bool) -> Result<(), Failure> {
     if json {
         // Passed through unchanged, so fields from a newer daemon are not lost.
         let text = String::from_utf8_lossy(&body);
-        write_stdout(&format!("{}\n", text.trim()))?;
+        output::write_json(&text)?;
     } else {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

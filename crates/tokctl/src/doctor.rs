@@ -97,7 +97,7 @@ pub async fn run(args: &DoctorArgs, color: bool) -> Result<(), Failure> {
         .collect();
     if args.json {
         let out = serde_json::json!({"ok": failed.is_empty(), "checks": checks});
-        write_stdout(&format!("{out}\n"))?;
+        crate::output::write_json(&out.to_string())?;
     } else {
         write_stdout(&render(&checks, color))?;
     }

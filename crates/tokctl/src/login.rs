@@ -2,7 +2,7 @@
 
 use crate::cli::LoginArgs;
 use crate::conn::Daemon;
-use crate::output::{humanize, write_stdout};
+use crate::output::{humanize, write_json};
 use crate::{browser, input, Failure};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes};
@@ -74,7 +74,7 @@ impl View {
     /// Handles one line; `Ok(true)` when the login is done.
     fn event(&mut self, line: &str) -> Result<bool, Failure> {
         if self.json && serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok() {
-            write_stdout(&format!("{line}\n"))?;
+            write_json(line)?;
         }
         // A line this version does not know (from a newer daemon) is skipped.
         let Ok(event) = serde_json::from_str::<LoginEvent>(line) else {

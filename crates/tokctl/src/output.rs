@@ -25,11 +25,11 @@ pub fn render_token(t: &TokenResponse, format: Format) -> Result<String, ApiErro
         Format::Header => format!("Authorization: Bearer {token}\n"),
         Format::Env => format!("TOKCTL_ACCESS_TOKEN={}\n", shell_word(token)),
         Format::Json => {
-            let mut s = serde_json::to_string(t).map_err(|e| {
+            // `scope` and `profile` come from the IdP and the config: keep them inert.
+            let s = serde_json::to_string(t).map_err(|e| {
                 ApiError::new(ErrorCode::Other, format!("cannot encode the token: {e}"))
             })?;
-            s.push('\n');
-            s
+            format!("{}\n", tokctl_proto::json_for_terminal(&s))
         }
     })
 }
@@ -51,6 +51,13 @@ pub fn write_stdout(text: &str) -> Result<(), ApiError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| ApiError::new(ErrorCode::Other, format!("cannot write to stdout: {e}")))
+}
+
+/// Writes JSON text (one document and a newline) to stdout with C1, DEL and bidi characters
+/// inside strings turned into `\uXXXX` escapes: the value is unchanged for a program, and a
+/// terminal never receives them raw (A11).
+pub fn write_json(json: &str) -> Result<(), ApiError> {
+    write_stdout(&format!("{}\n", tokctl_proto::json_for_terminal(json.trim_end())))
 }
 
 /// The one stderr line of a failed command.
