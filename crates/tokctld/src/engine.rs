@@ -237,6 +237,12 @@ impl ProfileRt {
                 ErrorCode::LoginRequired,
                 format!("; run `tokctl login {}`", self.cfg.name),
             ),
+            // A rejected certificate is about trust, not the client: name the issuer whose
+            // ca_file is missing or wrong (the message already says to set ca_file).
+            ErrorClass::Config if matches!(e, OAuthError::Tls(_)) => (
+                ErrorCode::Config,
+                format!(" (issuer {}); nothing was sent to it", self.cfg.issuer),
+            ),
             ErrorClass::Config => (
                 ErrorCode::Config,
                 String::from("; check the profile's settings and client registration"),
