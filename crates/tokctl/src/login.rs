@@ -92,8 +92,11 @@ impl View {
                     .as_deref()
                     .unwrap_or(&verification_uri);
                 if !self.json {
+                    // RFC 8628 §5.4, Storm-2372 style phishing: the code is only for the person
+                    // who just started this login, so the prompt says so (A22).
                     let mut text = format!(
-                        "To log in, open {} and enter the code: {}\n",
+                        "To log in, open {} and enter the code: {}\n\
+                         Enter it only if you just ran `tokctl login` here; nobody else should ask you for it.\n",
                         printable(&verification_uri, 500),
                         printable(&user_code, 40)
                     );
