@@ -147,7 +147,14 @@ function loadConfig() {
     clients: raw.clients ?? DEFAULT_CLIENTS,
     resources: raw.resources ?? DEFAULT_RESOURCES,
     tls: raw.tls,
+    // Canary mode (security tests): issued access/refresh tokens, authorization and
+    // device codes start with this per-test prefix, and the token endpoint keeps the
+    // PKCE verifiers and ID tokens it saw for GET /test/captured. Off by default.
+    tokenPrefix: raw.token_prefix,
   };
+  if (cfg.tokenPrefix !== undefined && !(typeof cfg.tokenPrefix === 'string' && /^[A-Za-z0-9._~-]{1,64}$/.test(cfg.tokenPrefix))) {
+    die('config: token_prefix must be 1-64 characters of [A-Za-z0-9._~-]');
+  }
   if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) die('config: port must be 0..65535');
   if (typeof cfg.rotateRefreshToken !== 'boolean') die('config: rotate_refresh_token must be a boolean');
   if (!['auto', 'click'].includes(cfg.consent)) die('config: consent must be "auto" or "click"');
@@ -228,6 +235,9 @@ const ENDPOINT_PATHS = {
   userinfo: '/me',
 };
 let failures = [];
+// Canary mode only: what the token endpoint received or issued that tests cannot see
+// otherwise. Kept in memory and served on GET /test/captured, never written to the log.
+const captured = { code_verifiers: [], id_tokens: [] };
 
 function takeFailure(pathname) {
   const i = failures.findIndex((f) => f.path === pathname);
@@ -499,6 +509,18 @@ function buildProvider(issuer) {
     },
   });
 
+  if (cfg.tokenPrefix) {
+    // oidc-provider names opaque tokens and codes by their id (jti), so a prefixed id is
+    // a prefixed value, and lookups by value keep working.
+    for (const [model, tag] of [['AccessToken', 'AT'], ['ClientCredentials', 'CC'], ['RefreshToken', 'RT'], ['AuthorizationCode', 'CODE'], ['DeviceCode', 'DC']]) {
+      const proto = provider[model].prototype;
+      const original = proto.generateTokenId;
+      proto.generateTokenId = function prefixed() {
+        return `${cfg.tokenPrefix}-${tag}-${original.call(this)}`;
+      };
+    }
+  }
+
   provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope', 'resource']);
 
   provider.on('grant.error', (ctx, err) => {
@@ -559,6 +581,10 @@ function buildProvider(issuer) {
       if (ctx.state.errorDetail) line.error_detail = ctx.state.errorDetail;
     }
     if (kind === 'token' && ok) line.refresh_token_issued = typeof body.refresh_token === 'string';
+    if (kind === 'token' && cfg.tokenPrefix) {
+      if (typeof params.code_verifier === 'string') captured.code_verifiers.push(params.code_verifier);
+      if (ok && typeof body.id_token === 'string') captured.id_tokens.push(body.id_token);
+    }
     if (kind === 'introspection' && ok) line.active = body.active === true;
     if (kind === 'revocation') line.token_type_hint = params.token_type_hint;
     if (kind !== 'discovery') emit(line);
@@ -764,6 +790,7 @@ async function testRoutes(req, res, pathname) {
     });
     return sendJson(res, 200, { ok: true });
   }
+  if (req.method === 'GET' && pathname === '/test/captured' && cfg.tokenPrefix) return sendJson(res, 200, captured);
   if (req.method === 'POST' && pathname === '/test/clear-failures') {
     failures = [];
     return sendJson(res, 200, { ok: true });

@@ -178,6 +178,30 @@ pub struct IdpConfig {
     /// Serve over TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<IdpTls>,
+    /// Canary mode: access and refresh tokens, authorization and device codes begin with
+    /// `<prefix>-AT-`, `-RT-`, `-CC-` (client credentials), `-CODE-`, `-DC-`, and
+    /// [`Idp::captured`] returns the PKCE verifiers and ID tokens the token endpoint saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_prefix: Option<String>,
+}
+
+/// What a canary-mode IdP ([`IdpConfig::token_prefix`]) kept from its token endpoint.
+#[derive(Clone, Default, serde::Deserialize)]
+pub struct Captured {
+    /// Every `code_verifier` received, in order.
+    pub code_verifiers: Vec<String>,
+    /// Every `id_token` issued, in order.
+    pub id_tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Counts only: these are secrets under test.
+        f.debug_struct("Captured")
+            .field("code_verifiers", &self.code_verifiers.len())
+            .field("id_tokens", &self.id_tokens.len())
+            .finish()
+    }
 }
 
 /// How a test client authenticates at the token endpoint.
@@ -710,6 +734,15 @@ impl Idp {
     /// Token endpoint request counts.
     pub fn token_requests(&self) -> Result<EndpointStats> {
         self.endpoint_stats("token")
+    }
+
+    /// The PKCE verifiers and ID tokens the token endpoint saw (canary mode only: the
+    /// IdP must have been started with [`IdpConfig::token_prefix`]).
+    pub fn captured(&self) -> Result<Captured> {
+        let r = http::get(&self.agent, &self.url("/test/captured"), &[])?;
+        expect_status(&r, 200, "GET /test/captured")?;
+        let v = r.json("GET /test/captured")?;
+        serde_json::from_value(v).map_err(|e| Error::protocol("GET /test/captured", e.to_string()))
     }
 
     /// Zeroes every counter.

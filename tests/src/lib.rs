@@ -26,8 +26,9 @@ pub use env::{bin_dir, text, TestEnv, RUN_TIMEOUT};
 pub use error::{Error, Result};
 pub use gitserver::{AuthScheme, Challenge, GitServer, SeenRequest};
 pub use idp::{
-    defaults, idp_dir, ClientAuth, Consent, DeviceAuthorization, Endpoint, EndpointStats, Failure,
-    Idp, IdpConfig, IdpResource, IdpTls, IdpUser, Redirect, TestClient, TokenReply, DEVICE_GRANT,
+    defaults, idp_dir, Captured, ClientAuth, Consent, DeviceAuthorization, Endpoint, EndpointStats,
+    Failure, Idp, IdpConfig, IdpResource, IdpTls, IdpUser, Redirect, TestClient, TokenReply,
+    DEVICE_GRANT,
 };
 pub use keychain::Keychain;
 pub use kubeapi::{KubeApi, TestCa};

@@ -235,6 +235,45 @@ mod tests {
         }
     }
 
+    /// Every type here that holds a secret formats it as redacted (the daemon logs these
+    /// types' Debug output at trace level, and a panic message may include it).
+    #[test]
+    fn debug_of_every_secret_holder_is_redacted() {
+        let canary = "CANARY-debug-7f3a";
+        let set = parse_token_set(
+            obj(json!({"access_token": canary, "token_type": "bearer",
+                       "refresh_token": format!("{canary}-rt"), "id_token": format!("{canary}-id")})),
+            "te",
+        )
+        .unwrap();
+        let da = parse_device_authorization(
+            obj(json!({"device_code": canary, "user_code": "U", "verification_uri": "https://idp/d", "expires_in": 60})),
+            "de",
+        )
+        .unwrap();
+        let auths = [
+            ClientAuth {
+                client_id: "c".into(),
+                method: AuthMethod::Basic(SecretString::from(canary)),
+            },
+            ClientAuth {
+                client_id: "c".into(),
+                method: AuthMethod::Post(SecretString::from(canary)),
+            },
+        ];
+        let outputs = [
+            format!("{set:?}"),
+            format!("{set:#?}"),
+            format!("{da:?}"),
+            format!("{auths:?}"),
+            format!("{:?}", crate::PkceVerifier::new()),
+        ];
+        for o in &outputs {
+            assert!(!o.contains(canary), "{o}");
+        }
+        assert!(outputs[0].contains("REDACTED"), "{}", outputs[0]);
+    }
+
     #[test]
     fn token_type_is_case_insensitive_and_normalised() {
         for tt in ["bearer", "Bearer", "BEARER"] {

@@ -36,10 +36,12 @@ type Events = mpsc::Sender<LoginEvent>;
 /// (unknown profile, wrong arguments for the grant) fail before the stream starts.
 pub fn start(
     engine: Arc<Engine>,
-    req: LoginRequest,
+    mut req: LoginRequest,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>>, ApiError> {
+    // Into the zeroizing type first: an early return would otherwise drop it as a plain
+    // String, left in freed memory.
+    let password = req.password.take().map(SecretString::from);
     let prof = engine.profile(Some(&req.profile))?;
-    let password = req.password.map(SecretString::from);
     match prof.cfg.grant {
         Grant::ClientCredentials => {
             return Err(ApiError::new(

@@ -92,6 +92,20 @@ fn harden() {
             },
         );
         let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
+        // Each client connection is a descriptor until it is served or times out; the usual
+        // soft limit of 1024 is easy for a burst of clients to reach, the hard limit is not.
+        let Rlimit { current, maximum } = rustix::process::getrlimit(Resource::Nofile);
+        // `None` is unlimited.
+        let want = maximum.map_or(65536, |hard| hard.min(65536));
+        if current.is_some_and(|c| c < want) {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(want),
+                    maximum,
+                },
+            );
+        }
     }
 }
 
@@ -299,22 +313,18 @@ async fn serve(
     });
     let app = server::router(state);
     let mut stop_rx = stop_rx;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = server::serve(listener, app, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });
     // In-flight requests get a few seconds; a login still waiting for a user does not
     // hold the shutdown hostage.
-    let res = tokio::select! {
-        r = server => r,
+    tokio::select! {
+        () = server => {},
         _ = async {
             let _ = grace_rx.wait_for(|s| *s).await;
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        } => Ok(()),
+        } => {},
     };
-    if let Err(e) = res {
-        tracing::error!("server failed: {e}");
-        return ExitCode::from(1);
-    }
     // A rotated refresh token the keychain refused earlier gets a last chance to be saved.
     if tokio::time::timeout(std::time::Duration::from_secs(5), engine.persist())
         .await

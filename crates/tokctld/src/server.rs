@@ -16,6 +16,57 @@ use tokctl_proto::{
     OkResponse, SecretRequest, TokenQuery, MAX_REQUEST_BYTES,
 };
 
+/// How long a connection may take to deliver a complete request head, counted from when
+/// the daemon starts waiting for one: a client that connects and says nothing, trickles
+/// header bytes (slowloris), or idles on a kept-alive connection is closed after this, so
+/// it cannot hold a descriptor and a task forever. Real clients send their request at once.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on every connection `listener` hands out (peer uid already checked) until
+/// `shutdown` completes, then lets requests in flight finish.
+///
+/// Our own loop rather than `axum::serve`: axum 0.8 gives hyper no timer, which silently
+/// disables hyper's header read timeout, and it offers no way to set one or to cap the
+/// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
+pub async fn serve(
+    mut listener: crate::socket::PeerCheckedListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            c = listener.accept() => c,
+            () = &mut shutdown => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // The whole request head must fit in this (hyper answers 431 otherwise); bodies
+            // are capped separately by `DefaultBodyLimit`.
+            .max_buf_size(MAX_REQUEST_BYTES)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    tracing::debug!(
+                        "closed a connection that sent no complete request within {}s",
+                        HEADER_READ_TIMEOUT.as_secs()
+                    );
+                } else {
+                    tracing::debug!("connection ended: {e}");
+                }
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
 /// Shared state of the API handlers.
 pub struct AppState {
     /// The config file the daemon reads (and `GET /v1/doctor` re-checks).
@@ -142,8 +193,25 @@ async fn status(State(st): State<Arc<AppState>>) -> Json<tokctl_proto::StatusRes
     Json(st.engine.status().await)
 }
 
+/// Overwrites a request body that carried a secret (a client secret, a password) once it
+/// is parsed, so the plain copy does not linger in freed memory. Only when we hold the
+/// last reference: a shared buffer is not ours to write.
+fn wipe(b: Bytes) {
+    let _ = wipe_in_place(b);
+}
+
+/// [`wipe`], returning the zeroed buffer, or the shared one untouched.
+fn wipe_in_place(b: Bytes) -> Result<bytes::BytesMut, Bytes> {
+    use secrecy::zeroize::Zeroize;
+    let mut m = b.try_into_mut()?;
+    m.as_mut().zeroize();
+    Ok(m)
+}
+
 async fn secret(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<OkResponse> {
-    let req: SecretRequest = body(&b)?;
+    let req = body::<SecretRequest>(&b);
+    wipe(b);
+    let req = req?;
     if req.secret.is_empty() {
         return Err(ApiError::new(ErrorCode::Usage, "the secret is empty").into());
     }
@@ -160,7 +228,9 @@ async fn secret(State(st): State<Arc<AppState>>, b: Bytes) -> ApiResult<OkRespon
 }
 
 async fn login_handler(State(st): State<Arc<AppState>>, b: Bytes) -> Result<Response, ApiFailure> {
-    let req: LoginRequest = body(&b)?;
+    let req = body::<LoginRequest>(&b);
+    wipe(b);
+    let req = req?;
     let stream = login::start(st.engine.clone(), req)?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -198,5 +268,24 @@ async fn reload(State(st): State<Arc<AppState>>) -> ApiResult<OkResponse> {
         Err(m) => {
             Err(ApiError::new(ErrorCode::Config, format!("{m} (kept the previous config)")).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_body_is_overwritten_once_parsed_unless_shared() {
+        let b = Bytes::from(br#"{"profile":"p","secret":"CANARY-body-secret"}"#.to_vec());
+        let req: SecretRequest = body(&b).unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(req.secret, "CANARY-body-secret");
+        let shared = b.clone();
+        // Someone else still holds it: left alone.
+        let b = wipe_in_place(b).expect_err("shared buffer untouched");
+        assert!(b.starts_with(b"{\"profile\""));
+        drop(shared);
+        let m = wipe_in_place(b).expect("sole owner");
+        assert!(!m.is_empty() && m.iter().all(|x| *x == 0));
     }
 }
