@@ -235,6 +235,10 @@ const ENDPOINT_PATHS = {
   userinfo: '/me',
 };
 let failures = [];
+// POST /test/device-display (terminal-safety tests): fields that replace what the device
+// authorization response shows the user (user_code, verification_uri…). The IdP keeps the
+// real values. Empty by default: responses are unchanged.
+let deviceDisplay = {};
 // Canary mode only: what the token endpoint received or issued that tests cannot see
 // otherwise. Kept in memory and served on GET /test/captured, never written to the log.
 const captured = { code_verifiers: [], id_tokens: [] };
@@ -562,6 +566,9 @@ function buildProvider(issuer) {
     if (kind === 'device_authorization' && cfg.deviceInterval && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
       ctx.body.interval = cfg.deviceInterval;
     }
+    if (kind === 'device_authorization' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      Object.assign(ctx.body, deviceDisplay);
+    }
     const body = ctx.body && typeof ctx.body === 'object' && !Buffer.isBuffer(ctx.body) ? ctx.body : {};
     const ok = ctx.status < 400;
     const params = ctx.oidc?.params ?? {};
@@ -608,12 +615,13 @@ async function injectFailure(ctx, kind, f) {
   const grantType = kind === 'token' ? form.get('grant_type') ?? undefined : undefined;
   ctx.status = f.status;
   if (f.retry_after !== undefined) ctx.set('Retry-After', String(f.retry_after));
+  if (f.location !== undefined) ctx.set('Location', f.location);
   ctx.set('Cache-Control', 'no-store');
   if (f.body === 'html') {
     ctx.type = 'html';
     ctx.body = '<html><body>injected failure</body></html>';
   } else {
-    ctx.body = { error: f.error, error_description: 'injected by the test IdP' };
+    ctx.body = { error: f.error, error_description: f.error_description ?? 'injected by the test IdP' };
   }
   count(kind, { grantType, clientId, ok: false, error: f.error });
   emit({
@@ -769,7 +777,8 @@ async function testRoutes(req, res, pathname) {
   }
   if (req.method === 'POST' && pathname === '/test/fail') {
     // {"endpoint":"token","status":503,"count":1,"error":"temporarily_unavailable",
-    //  "retry_after":1,"delay_ms":0,"body":"json"|"html"}; count null = until cleared.
+    //  "retry_after":1,"delay_ms":0,"body":"json"|"html","location":"<url>",
+    //  "error_description":"<text>"}; count null = until cleared.
     let spec;
     try {
       spec = JSON.parse(await readBody(req));
@@ -787,7 +796,18 @@ async function testRoutes(req, res, pathname) {
       retry_after: spec.retry_after,
       delay_ms: spec.delay_ms ?? 0,
       body: spec.body ?? 'json',
+      location: spec.location,
+      error_description: spec.error_description,
     });
+    return sendJson(res, 200, { ok: true });
+  }
+  if (req.method === 'POST' && pathname === '/test/device-display') {
+    // {"user_code":"...","verification_uri":"..."}: shown instead of the real values.
+    try {
+      deviceDisplay = JSON.parse(await readBody(req));
+    } catch {
+      return sendJson(res, 400, { error: 'invalid_request', error_description: 'body must be JSON' });
+    }
     return sendJson(res, 200, { ok: true });
   }
   if (req.method === 'GET' && pathname === '/test/captured' && cfg.tokenPrefix) return sendJson(res, 200, captured);
