@@ -236,6 +236,24 @@ fn idle_and_slowloris_connections_neither_delay_get_nor_stay_open() -> Result<()
     timed_get()?; // the token is cached from here on
     let baseline = (0..5).map(|_| timed_get()).collect::<Result<Vec<_>>>()?;
 
+    // This process holds the 1050 client ends: lift its own soft descriptor limit (often
+    // 1024 on CI) to the hard one, as the daemon does for itself.
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let Rlimit { maximum, .. } = getrlimit(Resource::Nofile);
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: maximum,
+                maximum,
+            },
+        );
+        let now = getrlimit(Resource::Nofile).current;
+        assert!(
+            now.is_none_or(|n| n >= 1200),
+            "RLIMIT_NOFILE hard limit {now:?} is too low to open 1050 connections"
+        );
+    }
     let sock = env.socket_path();
     let opened = Instant::now();
     let idle: Vec<UnixStream> = (0..1000)
