@@ -300,7 +300,10 @@ async fn device(
 /// What the loopback listener hands to the flow: the callback's query, and where to send
 /// the page text once the code is redeemed.
 struct Callback {
+    /// The query without `code`.
     params: HashMap<String, String>,
+    /// The authorization code, moved out of the query into a zeroizing holder at once.
+    code: Option<SecretString>,
     reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -396,7 +399,19 @@ async fn browser(
         // The issuer check comes first, for error responses too (RFC 9207 §2.4): a response
         // from another IdP is never redeemed, and its error text is not believed.
         let outcome = match check_iss(&prof.cfg.name, &cb.params, &issuer, iss_required) {
-            Ok(()) => redeem(engine, prof, &meta, &cb.params, &redirect_uri, &verifier).await,
+            Ok(()) => {
+                let code = cb.code.as_ref();
+                redeem(
+                    engine,
+                    prof,
+                    &meta,
+                    &cb.params,
+                    code,
+                    &redirect_uri,
+                    &verifier,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         let page = match &outcome {
@@ -418,6 +433,7 @@ async fn redeem(
     prof: &Arc<ProfileRt>,
     meta: &tokctl_oauth::Metadata,
     q: &HashMap<String, String>,
+    code: Option<&SecretString>,
     redirect_uri: &str,
     verifier: &PkceVerifier,
 ) -> Result<TokenSet, ApiError> {
@@ -439,13 +455,11 @@ async fn redeem(
             ),
         ));
     }
-    let code = q
-        .get("code")
-        .map(|c| SecretString::from(c.clone()))
-        .ok_or_else(|| ApiError::new(ErrorCode::Other, "the callback carried no code"))?;
+    let code =
+        code.ok_or_else(|| ApiError::new(ErrorCode::Other, "the callback carried no code"))?;
     let auth = prof.client_auth(&engine.secrets).await?;
     prof.http()?
-        .exchange_code(&meta.token_endpoint, &auth, &code, redirect_uri, verifier)
+        .exchange_code(&meta.token_endpoint, &auth, code, redirect_uri, verifier)
         .await
         .map_err(|e| prof.oauth_err(&e))
 }
@@ -500,7 +514,7 @@ async fn not_found() -> Response {
 
 async fn callback(
     State(ls): State<Arc<ListenerState>>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(mut q): Query<HashMap<String, String>>,
 ) -> Response {
     // Junk or a wrong state (another login's callback, a stale tab) is ignored: the real
     // callback may still come. A callback with the right state ends the login either way;
@@ -523,6 +537,8 @@ async fn callback(
     let (reply_tx, reply_rx) = oneshot::channel();
     if tx
         .send(Callback {
+            // Moved, not copied: the String's buffer is the one SecretString wipes.
+            code: q.remove("code").map(SecretString::from),
             params: q,
             reply: reply_tx,
         })
