@@ -102,11 +102,14 @@ fn split_authority(a: &str) -> Option<(String, Option<u16>)> {
         if h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) {
             return None;
         }
+        // A real IPv6 address (`[:2a1]` is not one: found by fuzz/docker_parse), in its
+        // canonical form (RFC 5952), so `[0:0::1]` is `[::1]` here as in the daemon's URL.
+        let addr: std::net::Ipv6Addr = h.parse().ok()?;
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':')?),
         };
-        (format!("[{}]", h.to_ascii_lowercase()), port)
+        (format!("[{addr}]"), port)
     } else {
         let (h, port) = match a.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -121,6 +124,18 @@ fn split_authority(a: &str) -> Option<(String, Option<u16>)> {
                 && !l.ends_with('-')
         };
         if !h.split('.').all(label_ok) {
+            return None;
+        }
+        // A name whose last label is a number (`2130706433`, `0x7f.1`, `reg.0.0.5`) is an
+        // IPv4 address to the URL parser the daemon routes with (or invalid there): only a
+        // canonical dotted quad means the same host to both (found by fuzz/docker_parse).
+        let last = h.rsplit('.').next().unwrap_or_default();
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || last.get(..2).is_some_and(|x| x.eq_ignore_ascii_case("0x"));
+        let quad = h.split('.').count() == 4
+            && h.split('.')
+                .all(|p| p.parse::<u8>().is_ok_and(|n| n.to_string() == p));
+        if numeric && !quad {
             return None;
         }
         (h.to_ascii_lowercase(), port)
@@ -441,6 +456,10 @@ mod tests {
         );
         assert_eq!(url("[::1]:5000").as_deref(), Some("https://[::1]:5000/"));
         assert_eq!(
+            url("http://[0:0::1]:5000").as_deref(),
+            Some("http://[::1]:5000/")
+        );
+        assert_eq!(
             parse_server_url(b"reg.test:5000").unwrap().server_url,
             "reg.test:5000"
         );
@@ -475,6 +494,15 @@ mod tests {
             "reg.test/\u{202e}",
             "[zz]:5000",
             "https://",
+            // Numeric last labels the URL parser reads as (or rejects as) IPv4.
+            "htt2.0.0.5:5000/v2/",
+            "2130706433",
+            "0x7f.1",
+            "127.0.0.01",
+            "127.1",
+            "reg.0X1",
+            "[:2a1]:50",
+            "[1::2::3]",
         ] {
             assert!(url(bad).is_none(), "accepted {bad:?}");
         }

@@ -42,7 +42,7 @@ pub struct Request {
 impl Request {
     /// The URL to route on: `protocol://host/path`, with `/` when git sent no path. The
     /// daemon parses it; here only what must never reach a route is refused.
-    fn url(&self) -> Option<String> {
+    pub fn url(&self) -> Option<String> {
         let protocol = self.attrs.get("protocol")?;
         let host = self.attrs.get("host")?;
         let scheme_ok = !protocol.is_empty()

@@ -1,16 +1,12 @@
 //! `tokctl`: the thin client of the tokctl token agent. It talks HTTP/1.1 to `tokctld`
 //! over a Unix socket (starting the daemon when needed) and prints what it answers.
 
-mod autostart;
 mod browser;
 mod cli;
 mod commands;
-mod conn;
-mod docker;
 mod doctor;
 mod fastget;
 mod generate;
-mod git;
 mod input;
 mod login;
 mod output;
@@ -20,6 +16,8 @@ use clap::Parser;
 use cli::{Cli, Command, SecretCommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
+// The helpers and the socket client live in the library (lib.rs) so fuzz targets reach them.
+use tokctl::{conn, docker, git};
 use tokctl_proto::{ApiError, ErrorCode, LoginEvent};
 
 /// A failed command: its error, and whether the error is already on stdout as JSON.

@@ -335,12 +335,16 @@ impl Config {
             let r = r.into_inner();
             let url = Url::parse(r.url.get_ref())
                 .map_err(|e| cx.err(r.url.span(), "route.url", format!("not a URL: {e}")))?;
-            let loopback = tokctl_oauth::check_url(&url, "route.url").is_ok();
-            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            // The same rules as endpoints: a host, https (http only for loopback hosts),
+            // no userinfo, no fragment. A route with userinfo or a query could never match
+            // (`route_for` refuses URLs with userinfo and compares paths only), so it is an
+            // error rather than a silently dead route.
+            if tokctl_oauth::check_url(&url, "route.url").is_err() || url.query().is_some() {
                 return Err(cx.err(
                     r.url.span(),
                     "route.url",
-                    "must be https (http only for loopback hosts)",
+                    "must be https (http only for loopback hosts), without user name, \
+                     password, query or fragment",
                 ));
             }
             if !profiles.contains_key(r.profile.get_ref()) {
@@ -413,6 +417,11 @@ impl Config {
     /// The route answering for `url`: same scheme, host (case-insensitive) and port,
     /// then the longest path prefix that ends at a segment boundary. `None`: no route.
     pub fn route_for(&self, url: &Url) -> Option<&Route> {
+        // `https://user@git.example.test/` is not a request for git.example.test's route:
+        // a URL carrying userinfo gets no route (A6), whatever the helper let through.
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
         let same_origin = |r: &Route| {
             r.url.scheme() == url.scheme()
                 && r.url.host_str().map(str::to_ascii_lowercase)
@@ -587,5 +596,31 @@ profile = "work"
         assert_eq!(at("https://git.example.com:8443/"), None);
         assert_eq!(at("https://git.example.com.evil.test/"), None);
         assert_eq!(at("https://evilgit.example.com/"), None);
+        // Userinfo never reaches the host's route (found writing fuzz/config_parse), nor a
+        // trailing dot.
+        assert_eq!(at("https://u@git.example.com/"), None);
+        assert_eq!(at("https://u:p@git.example.com/org/x"), None);
+        assert_eq!(at("https://git.example.com./"), None);
+    }
+
+    #[test]
+    fn routes_that_could_never_match_are_errors() {
+        let head = "[profile.a]\nissuer = \"https://x\"\nclient_id = \"c\"\ngrant = \"password\"\n";
+        for url in [
+            "https://u@git.example.com/",
+            "https://git.example.com/?x=1",
+            "https://git.example.com/#f",
+            "http://git.example.com/",
+            "ssh://git.example.com/",
+        ] {
+            let t = format!("{head}[[route]]\nurl = \"{url}\"\nprofile = \"a\"\n");
+            let e = parse(&t).unwrap_err().to_string();
+            assert!(
+                e.starts_with("/c/config.toml:6: route.url: must be https"),
+                "{url}: {e}"
+            );
+        }
+        let t = format!("{head}[[route]]\nurl = \"http://127.0.0.1:5000/\"\nprofile = \"a\"\n");
+        assert!(parse(&t).is_ok());
     }
 }

@@ -2,7 +2,6 @@
 //! `tokctl` client start it.
 
 mod clock;
-mod config;
 mod doctor;
 mod engine;
 mod login;
@@ -12,13 +11,14 @@ mod server;
 mod socket;
 
 use clap::Parser;
-use config::{Config, StoreKind};
 use engine::Engine;
 use secrets::Secrets;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokctl_store::Backend;
+// The config parser lives in the library (lib.rs) so the fuzz targets reach it.
+use tokctld::config::{self, Config, StoreKind};
 
 /// tokctld: keeps OAuth refresh tokens in the OS keychain and serves fresh access tokens
 /// to `tokctl` over a Unix socket.
