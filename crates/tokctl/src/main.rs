@@ -150,6 +150,7 @@ fn report(f: &Failure, json: JsonErrors) {
         }),
     };
     if let Ok(text) = text {
-        let _ = output::write_stdout(&format!("{text}\n"));
+        // The message may quote IdP or config text: no raw C1/bidi on a terminal (A11).
+        let _ = output::write_json(&text);
     }
 }
