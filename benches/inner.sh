@@ -7,6 +7,9 @@
 # Environment from run.sh: W (private work dir with bin/ and bin-default/), QUICK (1 = smoke
 # run), IDLE_SECS.
 set -euo pipefail
+# 1000 concurrent callers need more descriptors than the usual soft limit of 1024 (in the
+# load generator, and in the daemon, which inherits this limit when it is autostarted).
+ulimit -Sn 8192 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 export PATH="$W/bin:$PATH"
 R=$W/results
 mkdir -p "$R"
