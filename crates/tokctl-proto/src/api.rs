@@ -372,6 +372,43 @@ pub struct LogoutResponse {
     pub message: String,
 }
 
+/// Query of `GET /v1/route?url=…`: the URL a helper asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteQuery {
+    /// The URL as the helper sent it; the daemon parses it.
+    pub url: String,
+}
+
+impl RouteQuery {
+    /// Encodes the query as `url=…` (`application/x-www-form-urlencoded`).
+    pub fn to_query_string(&self) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("url", &self.url)
+            .finish()
+    }
+
+    /// Decodes a query string: exactly one `url` and nothing else.
+    pub fn from_query_string(q: &str) -> Result<Self, ApiError> {
+        let mut url = None;
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            match (&*k, &url) {
+                ("url", None) => url = Some(v.into_owned()),
+                ("url", Some(_)) => {
+                    return Err(ApiError::new(ErrorCode::Usage, "`url` given twice"))
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::Usage,
+                        "unknown query parameter; only `url`",
+                    ))
+                }
+            }
+        }
+        let url = url.ok_or_else(|| ApiError::new(ErrorCode::Usage, "`url` is required"))?;
+        Ok(RouteQuery { url })
+    }
+}
+
 /// Answer of `GET /v1/route?url=…`: which profile and username a helper uses for a URL.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteResponse {
@@ -647,5 +684,25 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"done","profile":"p"}"#
         );
+    }
+
+    #[test]
+    fn route_query_takes_exactly_one_url() {
+        let q = RouteQuery {
+            url: "https://git.test/a b?c=d&e".into(),
+        };
+        assert_eq!(RouteQuery::from_query_string(&q.to_query_string()), Ok(q));
+        for (bad, why) in [
+            ("", "`url` is required"),
+            ("url=a&url=b", "`url` given twice"),
+            ("url=a&profile=x", "unknown query parameter; only `url`"),
+        ] {
+            let e = RouteQuery::from_query_string(bad).unwrap_err();
+            assert_eq!(
+                (e.error, e.message.as_str()),
+                (ErrorCode::Usage, why),
+                "{bad}"
+            );
+        }
     }
 }

@@ -142,21 +142,7 @@ async fn route(
     State(st): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<tokctl_proto::RouteResponse> {
-    let mut url = None;
-    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
-        match (&*k, &url) {
-            ("url", None) => url = Some(v.into_owned()),
-            ("url", Some(_)) => {
-                return Err(ApiError::new(ErrorCode::Usage, "`url` given twice").into())
-            }
-            _ => {
-                return Err(
-                    ApiError::new(ErrorCode::Usage, "unknown query parameter; only `url`").into(),
-                )
-            }
-        }
-    }
-    let url = url.ok_or_else(|| ApiError::new(ErrorCode::Usage, "`url` is required"))?;
+    let url = tokctl_proto::RouteQuery::from_query_string(q.as_deref().unwrap_or(""))?.url;
     let url = url::Url::parse(&url)
         .map_err(|e| ApiError::new(ErrorCode::Usage, format!("`url` is not a URL: {e}")))?;
     let cfg = st.engine.config();
