@@ -25,6 +25,16 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Licenses, banned/duplicate crates and sources (deny.toml). Not `advisories`: its database
+# is on GitHub, which these machines cannot reach (see deny.toml). .ci/run installs
+# cargo-deny; a developer machine without it skips the step.
+if cargo deny --version >/dev/null 2>&1; then
+    step "cargo deny check licenses bans sources"
+    cargo deny --locked check licenses bans sources
+else
+    step "cargo deny not installed: skipping (cargo install --locked cargo-deny)"
+fi
+
 # The end-to-end tests run the binaries from target/<profile>/, and `cargo test` alone
 # does not build the binaries of other packages. --all-targets, not --bins: it resolves
 # features as the test build does (dev-dependencies included), so the test build below
