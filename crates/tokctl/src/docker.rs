@@ -117,13 +117,17 @@ fn split_authority(a: &str) -> Option<(String, Option<u16>)> {
         };
         // ASCII letters, digits, `-` and `.` only: an IDN or look-alike in Unicode is not
         // what a route names, and a second `:` is not a port.
+        // DNS limits too (labels of at most 63 bytes, names of at most 253): a longer name
+        // names no registry, and its routing URL could exceed what this parser accepts
+        // (found by fuzz/docker_parse).
         let label_ok = |l: &str| {
             !l.is_empty()
+                && l.len() <= 63
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
-        if !h.split('.').all(label_ok) {
+        if h.len() > 253 || !h.split('.').all(label_ok) {
             return None;
         }
         // A name whose last label is a number (`2130706433`, `0x7f.1`, `reg.0.0.5`) is an
@@ -508,6 +512,13 @@ mod tests {
         }
         assert!(parse_server_url(&[0xff, 0xfe]).is_none());
         assert!(parse_server_url("a".repeat(3000).as_bytes()).is_none());
+        // Longer than DNS allows: a 64-byte label, a 254-byte name.
+        assert!(url(&format!("{}.test", "a".repeat(64))).is_none());
+        assert!(url(&format!("{}.test", "a".repeat(63))).is_some());
+        let long = vec!["a".repeat(50); 5].join(".");
+        assert_eq!(long.len(), 254);
+        assert!(url(&long).is_none());
+        assert!(url(&long[1..]).is_some());
     }
 
     #[test]
