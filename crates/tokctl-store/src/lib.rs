@@ -94,7 +94,8 @@ impl Store {
     /// `keyring_core::mock::Store`, which supports error injection) and for stores tokctl
     /// does not choose itself. `make` runs on the keychain thread, at open and again to
     /// reconnect after a platform failure; `description` is what [`Store::describe`]
-    /// returns. Items get no custom label.
+    /// returns. Items get no custom label. Unlike the platform keychain, every write is read
+    /// back and compared, since such a store might report success for a write it lost.
     pub async fn open_keychain_with<F>(
         make: F,
         description: impl Into<String>,
@@ -103,8 +104,14 @@ impl Store {
     where
         F: Fn() -> keyring_core::Result<Arc<CredentialStore>> + Send + 'static,
     {
-        let kc =
-            keychain::Keychain::open(Box::new(make), description.into(), false, timeout).await?;
+        let kc = keychain::Keychain::open(
+            Box::new(make),
+            description.into(),
+            false,
+            keychain::Verify::ReadBack,
+            timeout,
+        )
+        .await?;
         Ok(Store {
             inner: Arc::new(Inner::Keychain(kc)),
         })
@@ -122,8 +129,10 @@ impl Store {
         }
     }
 
-    /// Writes a secret (replacing any old value), then reads it back and compares, so a
-    /// rotation is never half-written silently: `Ok` means the new value is stored.
+    /// Writes a secret (replacing any old value); `Ok` means the new value is stored, so a
+    /// rotation is never half-written silently. The platform keychain's write reply is that
+    /// acknowledgement (a failed write is an error); the file and stores from
+    /// [`Store::open_keychain_with`] are read back and compared.
     pub async fn set(&self, key: &SecretKey, value: &SecretString) -> Result<(), StoreError> {
         match &*self.inner {
             Inner::Keychain(k) => k.set(key, value).await,
