@@ -89,7 +89,7 @@ impl<'a> Target<'a> {
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) retry_after: Option<Duration>,
-    content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     // The body may hold tokens: wiped when dropped.
     pub(crate) body: Zeroizing<Vec<u8>>,
 }

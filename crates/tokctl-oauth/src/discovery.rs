@@ -81,7 +81,10 @@ impl OAuthClient {
 }
 
 /// `Ok(None)` when there is no document at this location (a 4xx).
-fn metadata_json(t: &Target<'_>, reply: &Reply) -> Result<Option<Map<String, Value>>, OAuthError> {
+pub(crate) fn metadata_json(
+    t: &Target<'_>,
+    reply: &Reply,
+) -> Result<Option<Map<String, Value>>, OAuthError> {
     let status = reply.status;
     if status.as_u16() == 429 || status.is_server_error() {
         return Err(reply.transient_status(t));
@@ -102,7 +105,7 @@ fn metadata_json(t: &Target<'_>, reply: &Reply) -> Result<Option<Map<String, Val
     }
 }
 
-fn parse_metadata(
+pub(crate) fn parse_metadata(
     m: Map<String, Value>,
     issuer: &str,
     t: &Target<'_>,

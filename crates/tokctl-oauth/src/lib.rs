@@ -14,6 +14,10 @@
 mod client;
 mod discovery;
 mod error;
+/// Entry points for the fuzz targets (`fuzz/`); not part of the supported API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id_token;
 mod pkce;
 mod types;
