@@ -570,7 +570,9 @@ impl OAuthClient {
             .unwrap_or_default();
         // Only certificate rejections are final; other handshake failures may be a flaky network.
         if let Some(rustls::Error::InvalidCertificate(cert)) = find_rustls_error(e) {
-            return OAuthError::Tls(certificate_message(&host, cert));
+            // Name the URL too: with several IdPs the host alone may not say which profile's
+            // issuer needs a `ca_file`.
+            return OAuthError::Tls(format!("{}: {}", t.label, certificate_message(&host, cert)));
         }
         if e.is_timeout() {
             return OAuthError::transient(format!(
