@@ -208,8 +208,16 @@ fi
 # ---------------------------------------------------------------- 5. idle cost
 if want idle; then
 log "5. idle cost: 1, 100 and 10000 profiles, ${IDLE_SECS}s each"
-# Voluntary context switches of every thread of $1, summed.
-vcs() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
+# Voluntary context switches of every thread of $1, one "TID COUNT" line per thread.
+vcs() {
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '/^voluntary_ctxt_switches/ {print tid, $2}' "$t/status" 2>/dev/null || true
+    done
+}
+# Switches between two vcs snapshots, per thread: a thread that exits in the window (a pool
+# thread ending after its idle timeout) would otherwise take its count out of a plain sum
+# and make it negative; its exit is at most one more wake-up, not counted.
+vcs_delta() { awk 'NR == FNR {a[$1] = $2; next} {s += $2 - ($1 in a ? a[$1] : 0)} END {print s + 0}' <(echo "$1") <(echo "$2"); }
 : > "$R/idle.jsonl"
 for n in 1 100 10000; do
     d=$W/idle-$n
@@ -235,7 +243,7 @@ for n in 1 100 10000; do
     rss=$(awk '/^VmRSS/ {print $2}' /proc/"$dpid"/status)
     anon=$(awk '/^RssAnon/ {print $2}' /proc/"$dpid"/status)
     threads=$(awk '/^Threads/ {print $2}' /proc/"$dpid"/status)
-    echo "{\"profiles\": $n, \"holding_tokens\": $held, \"idle_secs\": $IDLE_SECS, \"voluntary_switches\": $((b - a)), \"rss_kib\": $rss, \"rss_anon_kib\": $anon, \"threads\": $threads}" >> "$R/idle.jsonl"
+    echo "{\"profiles\": $n, \"holding_tokens\": $held, \"idle_secs\": $IDLE_SECS, \"voluntary_switches\": $(vcs_delta "$a" "$b"), \"rss_kib\": $rss, \"rss_anon_kib\": $anon, \"threads\": $threads}" >> "$R/idle.jsonl"
     kill "$dpid"; wait_gone "$dpid"
 done
 fi
