@@ -212,7 +212,11 @@ fn auth_code_loopback_takes_one_right_callback_and_refuses_the_rest() -> Result<
     let base = redirect.trim_end_matches("/callback");
     assert_eq!(probe(&format!("{base}/favicon.ico")), Some(404));
     assert_eq!(probe(&format!("{redirect}?code=x&state=wrong")), Some(400));
-    assert_eq!(probe(&format!("{redirect}?code=x")), Some(400), "no state at all");
+    assert_eq!(
+        probe(&format!("{redirect}?code=x")),
+        Some(400),
+        "no state at all"
+    );
     assert_eq!(idp.token_requests()?.grant("authorization_code"), 0);
 
     // The user logs in at the IdP; its redirect reaches the listener and succeeds.

@@ -629,7 +629,10 @@ mod tests {
 
     /// Every character the brief names as unsafe: C0, DEL, C1 and the bidi set.
     fn unsafe_chars() -> Vec<char> {
-        let mut v: Vec<char> = (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32).collect();
+        let mut v: Vec<char> = (0u32..0x20)
+            .chain(0x7f..0xa0)
+            .filter_map(char::from_u32)
+            .collect();
         v.extend(['\u{061c}', '\u{200e}', '\u{200f}']);
         v.extend('\u{202a}'..='\u{202e}');
         v.extend('\u{2066}'..='\u{2069}');
@@ -643,13 +646,26 @@ mod tests {
         for c in all {
             assert!(is_unsafe_for_terminal(c), "{:x}", c as u32);
             let shown = printable(&format!("a{c}b"), 100);
-            assert!(!shown.contains(c), "U+{:04X} passed through: {shown:?}", c as u32);
-            assert!(shown.chars().all(|x| !is_unsafe_for_terminal(x)), "{shown:?}");
+            assert!(
+                !shown.contains(c),
+                "U+{:04X} passed through: {shown:?}",
+                c as u32
+            );
+            assert!(
+                shown.chars().all(|x| !is_unsafe_for_terminal(x)),
+                "{shown:?}"
+            );
             assert!(shown.starts_with('a') && shown.ends_with('b'), "{shown:?}");
             assert!(shown.contains('\\'), "escaped form shown: {shown:?}");
         }
         // Ordinary text, including non-Latin letters and the ellipsis, is untouched.
-        for ok in ["WDJB-MJHT", "ünïcødé ✓", "شكرا", "https://idp/x?a=1&b=2", "…"] {
+        for ok in [
+            "WDJB-MJHT",
+            "ünïcødé ✓",
+            "شكرا",
+            "https://idp/x?a=1&b=2",
+            "…",
+        ] {
             assert_eq!(printable(ok, 100), ok);
         }
         assert_eq!(printable("\u{9b}31m", 100), "\\u{9b}31m");
@@ -662,7 +678,11 @@ mod tests {
             let v = serde_json::json!({ "user_code": format!("A{c}B") });
             let raw = serde_json::to_string(&v).unwrap();
             let safe = json_for_terminal(&raw);
-            assert!(safe.chars().all(|x| !is_unsafe_for_terminal(x)), "U+{:04X}: {safe:?}", c as u32);
+            assert!(
+                safe.chars().all(|x| !is_unsafe_for_terminal(x)),
+                "U+{:04X}: {safe:?}",
+                c as u32
+            );
             let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
             assert_eq!(back, v, "U+{:04X}", c as u32);
         }

@@ -57,7 +57,10 @@ pub fn write_stdout(text: &str) -> Result<(), ApiError> {
 /// inside strings turned into `\uXXXX` escapes: the value is unchanged for a program, and a
 /// terminal never receives them raw (A11).
 pub fn write_json(json: &str) -> Result<(), ApiError> {
-    write_stdout(&format!("{}\n", tokctl_proto::json_for_terminal(json.trim_end())))
+    write_stdout(&format!(
+        "{}\n",
+        tokctl_proto::json_for_terminal(json.trim_end())
+    ))
 }
 
 /// The one stderr line of a failed command.

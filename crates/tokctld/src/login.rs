@@ -690,10 +690,19 @@ mod tests {
         assert!(check_iss("p", &q(Some(a)), a, true).is_ok());
         assert!(check_iss("p", &q(None), a, false).is_ok());
         // Simple string comparison (RFC 9207 §2.4): no normalisation of a slash or case.
-        for bad in ["https://b.test", "https://a.test/", "https://A.test", "https://a.test\u{1b}[2J"] {
+        for bad in [
+            "https://b.test",
+            "https://a.test/",
+            "https://A.test",
+            "https://a.test\u{1b}[2J",
+        ] {
             let e = check_iss("p", &q(Some(bad)), a, false).unwrap_err();
             assert_eq!(e.error, ErrorCode::Other);
-            assert!(e.message.contains("RFC 9207") && e.message.contains(a), "{}", e.message);
+            assert!(
+                e.message.contains("RFC 9207") && e.message.contains(a),
+                "{}",
+                e.message
+            );
             assert!(!e.message.contains('\u{1b}'), "{}", e.message);
         }
         let e = check_iss("p", &q(None), a, true).unwrap_err();
