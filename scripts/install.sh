@@ -46,6 +46,13 @@ fi
 if [ -z "$FROM" ]; then
     echo "==> cargo build --release --locked -p tokctl -p tokctld" >&2
     (cd "$ROOT" && cargo build --release --locked -p tokctl -p tokctld)
+    if [ "$(uname -s)" = Linux ]; then
+        # The client starts on every `tokctl get`: linked statically against glibc it skips
+        # the dynamic loader, about half its start-up cost (docs/benchmarks.md). The flag
+        # goes to the final link only; in RUSTFLAGS it would break proc-macro crates.
+        echo "==> cargo rustc --release -p tokctl --bin tokctl -- -C target-feature=+crt-static" >&2
+        (cd "$ROOT" && cargo rustc --release --locked -p tokctl --bin tokctl -- -C target-feature=+crt-static)
+    fi
     FROM="$ROOT/target/release"
 fi
 for b in tokctl tokctld; do
