@@ -271,15 +271,58 @@ impl TestEnv {
         self.run(c, stdin)
     }
 
-    /// Stores `client_secret` for `profile` (a password-grant profile) and logs it in as
-    /// alice with `--password-stdin`, asserting both succeed.
-    pub fn password_login(&self, profile: &str, client_secret: &str) -> Result<()> {
-        use crate::idp::defaults;
+    /// Stores `client_secret` for `profile` with `tokctl secret set` (stdin, as a user
+    /// would), asserting it succeeds.
+    pub fn set_client_secret(&self, profile: &str, client_secret: &str) -> Result<()> {
         let o = self.tokctl(
             &["secret", "set", profile],
             Some(format!("{client_secret}\n").as_bytes()),
         )?;
         assert!(o.status.success(), "secret set: {}", text(&o.stderr));
+        Ok(())
+    }
+
+    /// A new environment with a client-credentials profile `ci` (client `cc-basic` of
+    /// `idp`), its secret stored, and a running daemon: the common start of helper tests.
+    pub fn with_cc_profile(idp: &crate::Idp) -> Result<TestEnv> {
+        use crate::idp::defaults;
+        let env = TestEnv::new()?;
+        env.write_config(&format!(
+            "[profile.ci]\nissuer = \"{}\"\nclient_id = \"{}\"\ngrant = \"client_credentials\"\n",
+            idp.issuer(),
+            defaults::CC_BASIC
+        ))?;
+        env.spawn_daemon(&[])?;
+        env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
+        Ok(env)
+    }
+
+    /// Puts `name` (`git-credential-tokctl`, `docker-credential-tokctl`) first on this
+    /// environment's PATH as a link to `tokctl`, the way `scripts/install.sh` installs the
+    /// helpers, so git and docker find it by that name.
+    pub fn link_helper(&mut self, name: &str) -> Result<()> {
+        let bin = self.tmp_dir().join("bin");
+        fs::create_dir_all(&bin).map_err(|e| Error::io("creating the helper dir", e))?;
+        std::os::unix::fs::symlink(self.bin_path("tokctl"), bin.join(name))
+            .map_err(|e| Error::io(format!("linking {name}"), e))?;
+        let path = self
+            .envs()
+            .into_iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let first = format!("{}:", bin.display());
+        if !path.starts_with(&first) {
+            self.set_env("PATH", format!("{first}{path}"));
+        }
+        Ok(())
+    }
+
+    /// Stores `client_secret` for `profile` (a password-grant profile) and logs it in as
+    /// alice with `--password-stdin`, asserting both succeed.
+    pub fn password_login(&self, profile: &str, client_secret: &str) -> Result<()> {
+        use crate::idp::defaults;
+        self.set_client_secret(profile, client_secret)?;
         let o = self.tokctl(
             &[
                 "login",

@@ -69,24 +69,9 @@ fn fixture_with(password_profile: Option<&str>) -> Result<Fixture> {
     if password_profile.is_some() {
         env.password_login(profile, defaults::PASSWORD_CLI_SECRET)?;
     } else {
-        let o = env.tokctl(
-            &["secret", "set", "ci"],
-            Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-        )?;
-        assert!(o.status.success(), "secret set: {}", text(&o.stderr));
+        env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
     }
-    // Installed as a link named docker-credential-tokctl next to tokctl.
-    let bin = env.tmp_dir().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    std::os::unix::fs::symlink(env.bin_path("tokctl"), bin.join("docker-credential-tokctl"))
-        .expect("link");
-    let path = env
-        .envs()
-        .into_iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    env.set_env("PATH", format!("{}:{path}", bin.display()));
+    env.link_helper("docker-credential-tokctl")?;
 
     // docker: `credHelpers` in $DOCKER_CONFIG/config.json; skopeo: the same key in its
     // auth file, and a private registries.conf so the machine's does not apply.

@@ -43,23 +43,8 @@ fn fixture(challenge: Challenge) -> Result<Fixture> {
         server.url("org/"),
     ))?;
     env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set: {}", text(&o.stderr));
-    // The helper is installed as a link named git-credential-tokctl next to tokctl.
-    let bin = env.tmp_dir().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    std::os::unix::fs::symlink(env.bin_path("tokctl"), bin.join("git-credential-tokctl"))
-        .expect("link");
-    let path = env
-        .envs()
-        .into_iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    env.set_env("PATH", format!("{}:{path}", bin.display()));
+    env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
+    env.link_helper("git-credential-tokctl")?;
     Ok(Fixture { idp, server, env })
 }
 

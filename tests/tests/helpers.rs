@@ -2,23 +2,11 @@
 
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokctl_e2e::{defaults, text, Idp, IdpConfig, Result, TestEnv};
+use tokctl_e2e::{text, Idp, IdpConfig, Result, TestEnv};
 
 /// A client-credentials profile `ci` with its secret stored, and a running daemon.
 fn cc_env(idp: &Idp) -> Result<TestEnv> {
-    let env = TestEnv::new()?;
-    env.write_config(&format!(
-        "[profile.ci]\nissuer = \"{}\"\nclient_id = \"{}\"\ngrant = \"client_credentials\"\n",
-        idp.issuer(),
-        defaults::CC_BASIC
-    ))?;
-    env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    Ok(env)
+    TestEnv::with_cc_profile(idp)
 }
 
 #[test]
@@ -134,20 +122,7 @@ fn git_env(idp: &Idp) -> Result<TestEnv> {
     env.write_config(&cfg)?;
     let o = env.socket_request("POST", "/v1/reload", Some("{}"))?;
     assert_eq!(o.0, 200, "reload: {}", o.1);
-    let bin = env.tmp_dir().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    std::os::unix::fs::symlink(env.bin_path("tokctl"), bin.join("git-credential-tokctl"))
-        .expect("link");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        env.envs()
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
-    env.set_env("PATH", path);
+    env.link_helper("git-credential-tokctl")?;
     Ok(env)
 }
 

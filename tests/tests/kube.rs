@@ -27,19 +27,7 @@ fn kubectl() -> PathBuf {
 
 /// A client-credentials profile `ci` with its secret stored, and a running daemon.
 fn cc_env(idp: &Idp) -> Result<TestEnv> {
-    let env = TestEnv::new()?;
-    env.write_config(&format!(
-        "[profile.ci]\nissuer = \"{}\"\nclient_id = \"{}\"\ngrant = \"client_credentials\"\n",
-        idp.issuer(),
-        defaults::CC_BASIC
-    ))?;
-    env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    Ok(env)
+    TestEnv::with_cc_profile(idp)
 }
 
 /// Writes `text` to `$TMPDIR/<name>` and returns the path.
