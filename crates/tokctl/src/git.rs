@@ -28,8 +28,10 @@ const SINGLE: [&str; 6] = [
     "credential",
 ];
 
-/// What git told us, validated.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What git told us, validated. `password` and `credential` may be a token or a password
+/// the user typed at git's prompt (git passes it on `store`): `Debug` hides them and they
+/// are wiped from memory on drop.
+#[derive(Default, PartialEq, Eq)]
 pub struct Request {
     /// Single-valued attributes.
     pub attrs: BTreeMap<String, String>,
@@ -37,6 +39,42 @@ pub struct Request {
     pub capabilities: Vec<String>,
     /// `wwwauth[]` values: the server's `WWW-Authenticate` challenges (git 2.41+).
     pub wwwauth: Vec<String>,
+}
+
+/// Keys whose values are secrets.
+const SECRET_KEYS: [&str; 2] = ["password", "credential"];
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attrs: BTreeMap<&str, &str> = self
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                let shown = if SECRET_KEYS.contains(&k.as_str()) {
+                    "[redacted]"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Request")
+            .field("attrs", &attrs)
+            .field("capabilities", &self.capabilities)
+            .field("wwwauth", &self.wwwauth)
+            .finish()
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        use secrecy::zeroize::Zeroize;
+        for (k, v) in self.attrs.iter_mut() {
+            if SECRET_KEYS.contains(&k.as_str()) {
+                v.zeroize();
+            }
+        }
+    }
 }
 
 impl Request {
@@ -286,6 +324,22 @@ mod tests {
         // Lines after the blank line are not git's.
         let r = parse(b"protocol=https\nhost=a.test\n\nhost=evil.test\n").unwrap();
         assert_eq!(r.attrs["host"], "a.test");
+    }
+
+    #[test]
+    fn debug_hides_passwords_and_credentials() {
+        let r =
+            parse(b"protocol=https\nhost=a.test\nusername=u\npassword=typed-pw\ncredential=tok\n")
+                .unwrap();
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("a.test") && shown.contains("[redacted]"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("typed-pw") && !shown.contains("tok\""),
+            "{shown}"
+        );
     }
 
     #[test]
