@@ -6,6 +6,7 @@
 //! starts a login.
 
 use crate::conn::Daemon;
+use secrecy::zeroize::Zeroizing;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -125,14 +126,16 @@ pub fn parse(input: &[u8]) -> Option<Request> {
 }
 
 /// Reads git's input up to the blank line or EOF, bounded in size and time.
-fn read_input() -> Option<Vec<u8>> {
+/// The bytes may hold a password git passes on `store`: they are wiped on drop, and the
+/// buffer is sized up front so growing it leaves no unwiped copies behind.
+fn read_input() -> Option<Zeroizing<Vec<u8>>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
+        let mut buf = Zeroizing::new(Vec::with_capacity(MAX_INPUT + 4096));
         let mut stdin = std::io::stdin().lock();
-        let mut chunk = [0u8; 4096];
+        let mut chunk = Zeroizing::new([0u8; 4096]);
         let res = loop {
-            match stdin.read(&mut chunk) {
+            match stdin.read(&mut chunk[..]) {
                 Ok(0) => break Some(buf),
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
