@@ -133,6 +133,46 @@ impl Head {
     }
 }
 
+/// Appends what a server saw of one request to its record.
+pub(crate) fn record_seen(
+    seen: &Mutex<Vec<SeenRequest>>,
+    at: SystemTime,
+    head: &Head,
+    credential: (AuthScheme, Option<String>, Option<String>),
+    status: u16,
+) {
+    let (scheme, username, token) = credential;
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(SeenRequest {
+            at,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            scheme,
+            username,
+            token,
+            status,
+        });
+}
+
+/// A TLS stream of one of the harness's HTTPS servers.
+pub(crate) type TlsStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// One request over TLS (the HTTPS servers answer one per connection): the reader to
+/// answer on, the head, when it arrived; the body is drained. `None` when the handshake
+/// fails (a client that does not trust the CA) or no request comes.
+pub(crate) fn read_tls_request(
+    tls: &Arc<rustls::ServerConfig>,
+    conn: TcpStream,
+) -> Option<(BufReader<TlsStream>, Head, SystemTime)> {
+    let server = rustls::ServerConnection::new(tls.clone()).ok()?;
+    let mut r = BufReader::new(rustls::StreamOwned::new(server, conn));
+    let head = read_head(&mut r).ok()??;
+    let at = SystemTime::now();
+    let _ = read_body(&mut r, &head);
+    Some((r, head, at))
+}
+
 /// Reads a request head; `None` when the peer closed without sending one.
 pub(crate) fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
@@ -512,18 +552,7 @@ fn handle_git(st: &GitState, conn: TcpStream) {
         }
         (401, h, b"authentication required\n".to_vec())
     };
-    st.seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(SeenRequest {
-            at,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            scheme,
-            username,
-            token,
-            status,
-        });
+    record_seen(&st.seen, at, &head, (scheme, username, token), status);
     let conn = r.get_mut();
     let _ = write_response(conn, status, &headers, &body);
     let _ = conn.shutdown(Shutdown::Write);

@@ -5,20 +5,19 @@
 
 use crate::error::{Error, Result};
 use crate::gitserver::{
-    read_body, read_head, serve, stop_serving, token_is_active, write_response, AuthScheme,
-    SeenRequest,
+    read_tls_request, record_seen, serve, stop_serving, token_is_active, write_response,
+    AuthScheme, SeenRequest,
 };
 use crate::idp::Idp;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
 
 /// A throwaway certificate authority and a server certificate it signed for
 /// `127.0.0.1` and `localhost`, made with `openssl` in a temp dir.
@@ -244,16 +243,9 @@ fn handle_kube(
     port: u16,
     conn: TcpStream,
 ) {
-    let Ok(server) = rustls::ServerConnection::new(tls.clone()) else {
+    let Some((mut r, head, at)) = read_tls_request(tls, conn) else {
         return;
     };
-    let mut r = BufReader::new(rustls::StreamOwned::new(server, conn));
-    // A failed handshake (a client that does not trust the CA) ends here.
-    let Ok(Some(head)) = read_head(&mut r) else {
-        return;
-    };
-    let at = SystemTime::now();
-    let _ = read_body(&mut r, &head);
     let (scheme, username, token) = head.credential();
     let active =
         scheme == AuthScheme::Bearer && token.as_deref().is_some_and(|t| token_is_active(idp, t));
@@ -294,17 +286,7 @@ fn handle_kube(
             ),
         }
     };
-    seen.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(SeenRequest {
-            at,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            scheme,
-            username,
-            token,
-            status,
-        });
+    record_seen(seen, at, &head, (scheme, username, token), status);
     let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
     if status == 401 {
         headers.push((

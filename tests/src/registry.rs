@@ -15,21 +15,20 @@
 
 use crate::error::{Error, Result};
 use crate::gitserver::{
-    read_body, read_head, serve, stop_serving, token_is_active, write_response, AuthScheme,
-    SeenRequest,
+    read_tls_request, record_seen, serve, stop_serving, token_is_active, write_response,
+    AuthScheme, SeenRequest,
 };
 use crate::idp::Idp;
 use crate::kubeapi::TestCa;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
 
 /// The repository the registry serves.
 pub const TEST_REPOSITORY: &str = "tokctl/test";
@@ -290,16 +289,10 @@ fn handle(
     seen: &Mutex<Vec<SeenRequest>>,
     conn: TcpStream,
 ) {
-    let Ok(server) = rustls::ServerConnection::new(tls.clone()) else {
+    // One request per connection (`Connection: close`).
+    let Some((mut r, head, at)) = read_tls_request(tls, conn) else {
         return;
     };
-    let mut r = BufReader::new(rustls::StreamOwned::new(server, conn));
-    // One request per connection (`Connection: close`); a failed handshake ends here.
-    let Ok(Some(head)) = read_head(&mut r) else {
-        return;
-    };
-    let at = SystemTime::now();
-    let _ = read_body(&mut r, &head);
     let (scheme, username, token) = head.credential();
     let active =
         scheme == AuthScheme::Basic && token.as_deref().is_some_and(|t| token_is_active(idp, t));
@@ -313,17 +306,7 @@ fn handle(
             None,
         )
     };
-    seen.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(SeenRequest {
-            at,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            scheme,
-            username,
-            token,
-            status,
-        });
+    record_seen(seen, at, &head, (scheme, username, token), status);
     let mut headers = vec![
         ("Content-Type".to_owned(), content_type.to_owned()),
         (
