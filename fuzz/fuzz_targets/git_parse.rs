@@ -4,18 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
-use tokctl::git::{answer, parse, Request};
+use tokctl::git::{answer, parse, Request, SINGLE};
 use tokctl_proto::TokenResponse;
-
-/// Keys git sends at most once (git.rs `SINGLE`): a second copy must reject the input.
-const SINGLE: [&str; 6] = [
-    "protocol",
-    "host",
-    "path",
-    "username",
-    "password",
-    "credential",
-];
 
 /// Writes a request back in git's format; parsing it again must give the same request.
 fn serialize(r: &Request) -> String {

@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokctl_proto::{printable, ApiError, ErrorCode, API_PREFIX};
 
 /// Largest response body the client reads; the daemon's answers are small.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// How long a single request may take. The daemon bounds its own refreshes well below
 /// this; the limit only keeps a wedged daemon from hanging scripts forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An open connection to the daemon.
 pub struct Daemon {
@@ -102,16 +102,19 @@ impl Daemon {
             return Ok(resp);
         }
         let body = read_body(resp.into_body()).await?;
-        Err(
-            serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| {
-                // Not the contract's error body: report the status only, never the body.
-                ApiError::new(
-                    ErrorCode::Other,
-                    format!("tokctld answered HTTP {status} without an error body"),
-                )
-            }),
-        )
+        Err(error_answer(status, &body))
     }
+}
+
+/// The daemon's [`ApiError`] from a non-2xx answer; a body that is not the contract's
+/// error is reported by its status only, never by its (possibly secret) content.
+pub fn error_answer(status: impl std::fmt::Display, body: &[u8]) -> ApiError {
+    serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| {
+        ApiError::new(
+            ErrorCode::Other,
+            format!("tokctld answered HTTP {status} without an error body"),
+        )
+    })
 }
 
 /// Serializes a request body.
@@ -122,7 +125,7 @@ fn encode<B: Serialize>(body: &B) -> Result<Bytes, ApiError> {
 }
 
 /// Decodes a JSON answer; the error names the problem, not the (possibly secret) body.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorCode::Other,
@@ -168,7 +171,8 @@ fn lost(e: hyper::Error) -> ApiError {
     lost_msg(&e.to_string())
 }
 
-fn lost_msg(detail: &str) -> ApiError {
+/// "Lost the connection" with what went wrong, escaped and cut short.
+pub fn lost_msg(detail: &str) -> ApiError {
     ApiError::new(
         ErrorCode::DaemonUnreachable,
         format!(

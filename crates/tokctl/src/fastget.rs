@@ -11,15 +11,8 @@ use crate::{Failure, JsonErrors};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
-use tokctl_proto::{printable, ApiError, ErrorCode, TokenQuery, TokenResponse};
-
-/// Same bound as the full path's `MAX_RESPONSE_BYTES`: the daemon's answers are small.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// Same bound as the full path's `REQUEST_TIMEOUT`: only keeps a wedged daemon from
-/// hanging scripts forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+use tokctl::conn::{self, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
+use tokctl_proto::{ApiError, TokenQuery, TokenResponse};
 
 /// Runs `tokctl get` when the arguments are a simple form and a daemon listens. Returns
 /// the outcome and how errors are also due on stdout (as JSON with `--format json`).
@@ -96,31 +89,12 @@ fn fetch(mut stream: UnixStream, query: &str) -> Result<TokenResponse, ApiError>
         .map_err(|e| lost(&e.to_string()))?;
     let (status, body) = read_response(&mut stream)?;
     if (200..300).contains(&status) {
-        return serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::Other,
-                format!(
-                    "tokctld sent an answer this tokctl {} cannot read (line {}, column {}); \
-                     are client and daemon the same version?",
-                    tokctl_proto::VERSION,
-                    e.line(),
-                    e.column()
-                ),
-            )
-        });
+        return conn::decode(&body);
     }
-    Err(
-        serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| {
-            // Not the contract's error body: report the status only, never the body, worded
-            // like the full path (hyper's `StatusCode` display: code and canonical reason).
-            let status = hyper::StatusCode::from_u16(status)
-                .map_or_else(|_| status.to_string(), |s| s.to_string());
-            ApiError::new(
-                ErrorCode::Other,
-                format!("tokctld answered HTTP {status} without an error body"),
-            )
-        }),
-    )
+    // Worded like the full path: hyper's `StatusCode` display, code and canonical reason.
+    let shown =
+        hyper::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string());
+    Err(conn::error_answer(shown, &body))
 }
 
 /// Reads one HTTP/1.1 response: the status code and the (de-chunked) body. Stops as soon
@@ -235,18 +209,13 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 
 /// The connection broke mid-request (same wording as the full path).
 fn lost(detail: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::DaemonUnreachable,
-        format!(
-            "lost the connection to tokctld: {}; check its log",
-            printable(detail, 200)
-        ),
-    )
+    conn::lost_msg(detail)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokctl_proto::ErrorCode;
 
     fn args(a: &[&str]) -> Option<(Option<String>, Format)> {
         simple_args(a.iter().map(OsString::from).collect())

@@ -20,7 +20,7 @@ const MAX_INPUT: usize = 64 * 1024;
 /// How long git may take to finish its input.
 const INPUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys git sends at most once; a second copy is an injection attempt (CVE-2020-5260 style).
-const SINGLE: [&str; 6] = [
+pub const SINGLE: [&str; 6] = [
     "protocol",
     "host",
     "path",

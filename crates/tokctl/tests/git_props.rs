@@ -4,20 +4,10 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use tokctl::git::parse;
+use tokctl::git::{parse, SINGLE};
 
 /// Cases per property: 1024 rather than proptest's 256, the parser is fast.
 const CASES: u32 = 1024;
-
-/// Keys git sends at most once.
-const SINGLE: [&str; 6] = [
-    "protocol",
-    "host",
-    "path",
-    "username",
-    "password",
-    "credential",
-];
 
 /// A value git could send: any text without LF, CR or NUL (it may contain `=`).
 fn value() -> impl Strategy<Value = String> {
