@@ -133,8 +133,9 @@ impl TestCa {
         self.dir.path().join("server.key")
     }
 
-    /// A rustls server configuration with the server certificate (HTTP/1.1 only).
-    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+    /// A rustls server configuration with the server certificate (HTTP/1.1 only), for
+    /// the harness's HTTPS servers.
+    pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let tls_err = |e: String| Error::Setup(format!("TLS setup of the test server: {e}"));
         let certs = CertificateDer::pem_file_iter(self.cert_file())
             .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)

@@ -20,8 +20,6 @@ use crate::gitserver::{
 };
 use crate::idp::Idp;
 use crate::kubeapi::TestCa;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -114,7 +112,7 @@ impl Registry {
     /// tokens are active.
     pub fn start(idp: Arc<Idp>) -> Result<Registry> {
         let ca = TestCa::new()?;
-        let tls = server_config(&ca)?;
+        let tls = ca.server_config()?;
         // skopeo (containers/image) reads CA roots as `*.crt` from a certs directory.
         let cert_dir = tempfile::Builder::new()
             .prefix("tokctl-registry-certs")
@@ -195,24 +193,6 @@ impl Drop for Registry {
     fn drop(&mut self) {
         stop_serving(self.port, &self.stop, self.thread.take());
     }
-}
-
-/// A rustls server configuration with the CA's server certificate, HTTP/1.1 only.
-fn server_config(ca: &TestCa) -> Result<Arc<rustls::ServerConfig>> {
-    let tls_err = |e: String| Error::Setup(format!("TLS setup of the test registry: {e}"));
-    let certs = CertificateDer::pem_file_iter(ca.cert_file())
-        .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-        .map_err(|e| tls_err(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(ca.key_file()).map_err(|e| tls_err(e.to_string()))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| tls_err(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| tls_err(e.to_string()))?;
-    Ok(Arc::new(cfg))
 }
 
 /// A registry error document (`{"errors":[{"code","message"}]}`).

@@ -16,11 +16,7 @@ fn cc_env(idp: &Idp, client: &str, secret: &str, auth: &str) -> Result<TestEnv> 
     let env = TestEnv::new()?;
     env.write_config(&cc_config(idp.issuer(), client, auth))?;
     env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{secret}\n").as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set failed: {}", text(&o.stderr));
+    env.set_client_secret("ci", secret)?;
     Ok(env)
 }
 

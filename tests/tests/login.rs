@@ -268,11 +268,7 @@ fn password_login_warns_and_the_password_is_kept_nowhere() -> Result<()> {
         defaults::PASSWORD_CLI,
         "password",
     )?;
-    let o = env.tokctl(
-        &["secret", "set", "legacy"],
-        Some(format!("{}\n", defaults::PASSWORD_CLI_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success());
+    env.set_client_secret("legacy", defaults::PASSWORD_CLI_SECRET)?;
 
     // A wrong password: one line, no password in it, nothing stored.
     let o = env.tokctl(

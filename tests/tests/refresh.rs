@@ -609,11 +609,7 @@ fn fault_invalid_grant_means_login_required_without_retry_loop() -> Result<()> {
     let total = refresh_events(&idp, t_start).len();
     assert_eq!(total, 1, "no request after invalid_grant");
     // Storing the client secret again does not make the dead grant look alive.
-    let o = env.tokctl(
-        &["secret", "set", PROFILE],
-        Some(format!("{}\n", defaults::PASSWORD_CLI_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success());
+    env.set_client_secret(PROFILE, defaults::PASSWORD_CLI_SECRET)?;
     assert_eq!(status_of(&env)?["state"], "login_required");
     // A new login fixes it.
     login(&env)?;
@@ -655,11 +651,7 @@ fn fault_invalid_client_is_a_config_error_and_keeps_the_refresh_token() -> Resul
     let requests = refresh_events(&idp, t_start).len();
     assert_eq!(requests, 1, "no retry loop after invalid_client");
     // Fixing the secret is all it takes: the refresh token was kept.
-    let o = env.tokctl(
-        &["secret", "set", PROFILE],
-        Some(format!("{}\n", defaults::PASSWORD_CLI_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success());
+    env.set_client_secret(PROFILE, defaults::PASSWORD_CLI_SECRET)?;
     let b = get_ok(&env)?;
     assert_eq!(idp.introspect(&b)?["active"], true);
     println!(

@@ -359,11 +359,7 @@ fn no_endpoint_answers_with_a_refresh_token_client_secret_or_password() -> Resul
         idp.issuer()
     ))?;
     env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "pw"],
-        Some(format!("{client_secret}\n").as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    env.set_client_secret("pw", &client_secret)?;
     let o = env.tokctl(
         &[
             "login",

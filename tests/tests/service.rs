@@ -118,11 +118,7 @@ fn socket_activation_serves_on_the_inherited_socket() -> Result<()> {
         sock.display()
     );
     // The first connection starts tokctld in place of systemd-socket-activate (exec).
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set: {}", text(&o.stderr));
+    env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
     let o = env.tokctl(&["get", "ci"], None)?;
     assert!(o.status.success(), "get: {}", text(&o.stderr));
     let token = text(&o.stdout);
@@ -244,11 +240,7 @@ fn sigterm_finishes_in_flight_requests_exits_zero_and_removes_the_socket() -> Re
         .ok()
         .flatten()
         .is_some()));
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
 
     // A request in flight: the IdP is frozen while the daemon waits for its token.
     idp.pause()?;
@@ -595,11 +587,7 @@ fn doctor_on_a_healthy_and_a_broken_setup() -> Result<()> {
     env.set_env("TOKCTL_NO_AUTOSTART", "1");
     env.write_config(&cc_profile("ci", idp.issuer(), defaults::CC_BASIC))?;
     env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success());
+    env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
 
     let (o, v) = doctor(&env)?;
     let out = text(&o.stdout);
@@ -974,11 +962,7 @@ fn the_daemon_stays_inside_the_units_seccomp_and_address_family_limits() -> Resu
         .ok()
         .flatten()
         .is_some()));
-    let o = env.tokctl(
-        &["secret", "set", "ci"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    env.set_client_secret("ci", defaults::CC_BASIC_SECRET)?;
     let o = env.tokctl(&["get", "ci"], None)?;
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = env.tokctl(&["doctor"], None)?;

@@ -373,11 +373,7 @@ fn certificate_for_another_host_name_fails_closed_even_from_a_trusted_ca() -> Re
         ca.display()
     ))?;
     env.spawn_daemon(&[])?;
-    let o = env.tokctl(
-        &["secret", "set", "cc"],
-        Some(format!("{}\n", defaults::CC_BASIC_SECRET).as_bytes()),
-    )?;
-    assert!(o.status.success(), "secret set: {}", text(&o.stderr));
+    env.set_client_secret("cc", defaults::CC_BASIC_SECRET)?;
 
     let o = env.tokctl(&["get", "cc"], None)?;
     let err = one_error_line(&o, 2);
