@@ -19,6 +19,7 @@ use tokctl_proto::{
 use tokctl_store::SecretKind;
 use tokio::sync::Notify;
 use url::Url;
+use zeroize::Zeroizing;
 
 /// The scheduler wakes at least this often, so a suspend is noticed within a minute.
 const MAX_TICK: Duration = Duration::from_secs(60);
@@ -57,11 +58,12 @@ pub struct VariantKey {
 }
 
 /// A cached access token.
-#[derive(Clone)]
 pub struct Cached {
     access_token: SecretString,
-    token_type: String,
-    scope: Option<String>,
+    /// The `GET /v1/token` answer (JSON) for this token, serialized once when it is cached:
+    /// serving a cached token is then a reference-count increment, not a serialization and
+    /// five string copies per request. The buffer is wiped when its last holder drops it.
+    answer: bytes::Bytes,
     /// `None` when the IdP gave no lifetime.
     expires_at: Option<SystemTime>,
     expires: Deadline,
@@ -70,24 +72,42 @@ pub struct Cached {
 }
 
 impl Cached {
-    fn new(ts: TokenSet, requested_scope: &[String], margin: Option<Duration>) -> Cached {
+    fn new(
+        ts: TokenSet,
+        profile: &str,
+        requested_scope: &[String],
+        margin: Option<Duration>,
+    ) -> Arc<Cached> {
         let lifetime = ts
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(UNKNOWN_LIFETIME);
         let expires = Deadline::after(lifetime);
         let margin = margin.unwrap_or_else(|| default_margin(lifetime));
-        Cached {
-            access_token: ts.access_token,
+        let scope = ts
+            .scope
+            .or_else(|| (!requested_scope.is_empty()).then(|| requested_scope.join(" ")));
+        let expires_at = ts.expires_in.map(|_| expires.wall);
+        let answer = answer_json(TokenResponse {
+            access_token: ts.access_token.expose_secret().to_string(),
             token_type: ts.token_type,
-            scope: ts
-                .scope
-                .or_else(|| (!requested_scope.is_empty()).then(|| requested_scope.join(" "))),
-            expires_at: ts.expires_in.map(|_| expires.wall),
+            expires_at: expires_at.map(unix_secs),
+            scope,
+            profile: profile.to_string(),
+        });
+        Arc::new(Cached {
+            access_token: ts.access_token,
+            answer,
+            expires_at,
             expires,
             lifetime,
             refresh_at: expires.earlier(margin.min(lifetime)),
-        }
+        })
+    }
+
+    /// The `GET /v1/token` answer body for this token.
+    pub fn answer(&self) -> bytes::Bytes {
+        self.answer.clone()
     }
 
     /// True when the token stays valid for `min_ttl`, or, when the IdP issues tokens that
@@ -99,6 +119,31 @@ impl Cached {
             return !left.is_zero() && age <= Duration::from_secs(2);
         }
         left >= min_ttl
+    }
+}
+
+/// Serializes a token answer into a buffer that is wiped when the last `Bytes` referring
+/// to it is dropped; `resp`'s copy of the token is wiped here too.
+fn answer_json(mut resp: TokenResponse) -> bytes::Bytes {
+    // Room for the worst case of JSON escaping, so the buffer never reallocates and leaves
+    // an unwiped copy of the token behind in freed memory.
+    let cap = 2 * (resp.access_token.len() + resp.token_type.len() + resp.profile.len())
+        + 2 * resp.scope.as_ref().map_or(0, String::len)
+        + 128;
+    let mut buf = Zeroizing::new(Vec::with_capacity(cap));
+    // Serializing plain strings and integers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &resp);
+    zeroize::Zeroize::zeroize(&mut resp.access_token);
+    bytes::Bytes::from_owner(WipedOnDrop(buf))
+}
+
+/// Owner of an answer buffer: `Bytes::from_owner` needs `AsRef<[u8]>`, which `Zeroizing`
+/// does not give.
+struct WipedOnDrop(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for WipedOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -123,7 +168,7 @@ fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
 
 #[derive(Default)]
 struct Slot {
-    token: Option<Cached>,
+    token: Option<Arc<Cached>>,
     /// Bumped by every completed fetch, so waiters can tell a fetch finished while they waited.
     generation: u64,
     last_error: Option<ApiError>,
@@ -467,7 +512,12 @@ impl ProfileRt {
     pub fn cache_base_token(&self, ts: TokenSet) {
         let v = self.variant(VariantKey::default());
         let mut s = lock(&v.slot);
-        s.token = Some(Cached::new(ts, &self.cfg.scopes, self.cfg.refresh_margin));
+        s.token = Some(Cached::new(
+            ts,
+            &self.cfg.name,
+            &self.cfg.scopes,
+            self.cfg.refresh_margin,
+        ));
         s.generation += 1;
         s.last_error = None;
     }
@@ -684,20 +734,14 @@ impl Engine {
         })
     }
 
-    /// `GET /v1/token`: a cached token with at least `min_ttl` left, or a fresh one.
-    pub async fn token(self: &Arc<Self>, q: &TokenQuery) -> Result<TokenResponse, ApiError> {
+    /// `GET /v1/token`: the JSON answer for a cached token with at least `min_ttl` left,
+    /// or for a fresh one.
+    pub async fn token(self: &Arc<Self>, q: &TokenQuery) -> Result<bytes::Bytes, ApiError> {
         let prof = self.profile(q.profile.as_deref())?;
         let key = prof.variant_key(q)?;
         let v = prof.variant(key);
         let min_ttl = Duration::from_secs(q.min_ttl_secs);
-        let tok = self.ensure(&prof, &v, min_ttl, true).await?;
-        Ok(TokenResponse {
-            access_token: tok.access_token.expose_secret().to_string(),
-            token_type: tok.token_type.clone(),
-            expires_at: tok.expires_at.map(unix_secs),
-            scope: tok.scope.clone(),
-            profile: prof.cfg.name.clone(),
-        })
+        Ok(self.ensure(&prof, &v, min_ttl, true).await?.answer())
     }
 
     /// Single flight: returns a usable token, fetching at most once per wave of callers.
@@ -707,7 +751,7 @@ impl Engine {
         v: &Arc<Variant>,
         min_ttl: Duration,
         caller: bool,
-    ) -> Result<Cached, ApiError> {
+    ) -> Result<Arc<Cached>, ApiError> {
         let gen0 = {
             let mut s = lock(&v.slot);
             if let Some(t) = s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned() {
@@ -759,7 +803,12 @@ impl Engine {
         s.generation += 1;
         match res {
             Ok(ts) => {
-                let c = Cached::new(ts, &prof.params(&v.key).scopes, prof.cfg.refresh_margin);
+                let c = Cached::new(
+                    ts,
+                    &prof.cfg.name,
+                    &prof.params(&v.key).scopes,
+                    prof.cfg.refresh_margin,
+                );
                 s.token = Some(c.clone());
                 s.last_error = None;
                 s.served = caller;
@@ -1008,6 +1057,7 @@ impl Engine {
                 tracing::debug!(profile = %prof.cfg.name, "refreshed ahead of expiry");
                 s.token = Some(Cached::new(
                     ts,
+                    &prof.cfg.name,
                     &prof.params(&v.key).scopes,
                     prof.cfg.refresh_margin,
                 ));
@@ -1088,7 +1138,7 @@ mod tests {
     }
 
     fn cached(lifetime: u64) -> Cached {
-        Cached::new(
+        let c = Cached::new(
             TokenSet {
                 access_token: SecretString::from("t"),
                 token_type: "Bearer".into(),
@@ -1097,9 +1147,11 @@ mod tests {
                 id_token: None,
                 scope: None,
             },
+            "p",
             &[],
             None,
-        )
+        );
+        Arc::try_unwrap(c).unwrap_or_else(|_| panic!("sole owner"))
     }
 
     #[test]
@@ -1119,6 +1171,26 @@ mod tests {
         old.expires = Deadline::after(Duration::from_secs(15));
         assert!(!old.usable(Duration::from_secs(30)));
         assert!(old.usable(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_cached_answer_is_the_token_response() {
+        let c = cached(3600);
+        let r: TokenResponse = serde_json::from_slice(&c.answer()).expect("JSON answer");
+        assert_eq!(r.access_token, "t");
+        assert_eq!(r.token_type, "Bearer");
+        assert_eq!(r.profile, "p");
+        assert_eq!(r.expires_at, c.expires_at.map(unix_secs));
+        // A token with quotes and backslashes (VSCHAR allows them) still gives valid JSON.
+        let odd = answer_json(TokenResponse {
+            access_token: r#"a"b\c"#.into(),
+            token_type: "Bearer".into(),
+            expires_at: None,
+            scope: Some("x y".into()),
+            profile: "p".into(),
+        });
+        let r: TokenResponse = serde_json::from_slice(&odd).expect("escaped JSON");
+        assert_eq!(r.access_token, r#"a"b\c"#);
     }
 
     #[test]

@@ -6,11 +6,13 @@ mod doctor;
 mod engine;
 mod login;
 mod notify;
+// Linux with glibc only: elsewhere the C library's own pow costs nothing extra.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod pow;
 mod secrets;
 mod server;
 mod socket;
 
-use clap::Parser;
 use engine::Engine;
 use secrets::Secrets;
 use std::path::{Path, PathBuf};
@@ -20,33 +22,86 @@ use tokctl_store::Backend;
 // The config parser lives in the library (lib.rs) so the fuzz targets reach it.
 use tokctld::config::{self, Config, StoreKind};
 
-/// tokctld: keeps OAuth refresh tokens in the OS keychain and serves fresh access tokens
-/// to `tokctl` over a Unix socket.
-#[derive(Parser)]
-#[command(version, about)]
+/// The command line: two optional paths.
+#[derive(Debug, Default, PartialEq)]
 struct Args {
     /// Config file (default: $TOKCTL_CONFIG, else $XDG_CONFIG_HOME/tokctl/config.toml).
-    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Socket path (default: $TOKCTL_SOCKET, else $XDG_RUNTIME_DIR/tokctl/tokctld.sock).
-    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
 
+/// `--help`.
+const HELP: &str = "\
+tokctld: keeps OAuth refresh tokens in the OS keychain and serves fresh access tokens
+to `tokctl` over a Unix socket.
+
+Usage: tokctld [OPTIONS]
+
+Options:
+      --config <FILE>  Config file (default: $TOKCTL_CONFIG, else $XDG_CONFIG_HOME/tokctl/config.toml)
+      --socket <PATH>  Socket path (default: $TOKCTL_SOCKET, else $XDG_RUNTIME_DIR/tokctl/tokctld.sock)
+  -h, --help           Print help
+  -V, --version        Print version
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Cli {
+    Run(Args),
+    Help,
+    Version,
+}
+
+/// Parses the command line. `lexopt` rather than clap: two options do not need clap's
+/// quarter megabyte of code resident in a daemon that stays up all day.
+fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut a = Args::default();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => a.config = Some(p.value()?.into()),
+            Long("socket") => a.socket = Some(p.value()?.into()),
+            Short('h') | Long("help") => return Ok(Cli::Help),
+            Short('V') | Long("version") => return Ok(Cli::Version),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Cli::Run(a))
+}
+
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TOKCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `Targets` (a level, or `target=level,…`) rather than `EnvFilter`: EnvFilter's span
+    // and field matching needs the regex engine, a quarter of a megabyte of code in an
+    // always-resident daemon for syntax nobody uses here.
+    use tracing_subscriber::filter::Targets;
+    let spec = std::env::var("TOKCTL_LOG").ok();
+    let parsed = spec.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(t)) => t.clone(),
+        _ => Targets::new().with_default(tracing::Level::INFO),
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     // journald adds its own timestamps, and colour codes only clutter the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.with_ansi(false).event_format(JournalFormat).init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        registry
+            .with(layer.with_ansi(false).event_format(JournalFormat))
             .init();
+    } else {
+        registry
+            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            .init();
+    }
+    if let Some(Err(e)) = parsed {
+        tracing::warn!(
+            "TOKCTL_LOG is not a level or a list of target=level ({e}); logging at info"
+        );
     }
 }
 
@@ -110,9 +165,30 @@ fn harden() {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cli::Version) => {
+            println!("tokctld {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tokctld: {e}; see tokctld --help");
+            return ExitCode::from(2);
+        }
+    };
     // First, while no other thread exists: it edits the environment (LISTEN_*).
     let inherited = socket::inherited();
+    // zbus (the keychain and notifications) runs its blocking calls on a private tokio
+    // runtime with one worker per CPU core unless told otherwise: 64 idle threads on a
+    // 64-core machine for a few D-Bus calls an hour. One is plenty. Set here, before any
+    // thread exists; an explicit setting from the user is kept.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        std::env::set_var("TOKIO_WORKER_THREADS", "1");
+    }
     init_logging();
     harden();
     let uid = rustix::process::getuid().as_raw();
@@ -147,8 +223,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One runtime thread: a cached answer is microseconds of work, so a second worker only
+    // added cross-thread wake-ups and work stealing (throughput was lower with two, see
+    // docs/benchmarks.md), and an idle daemon has one thread fewer to keep. Nothing slow
+    // runs on it: keychain calls go to their own thread, the IdP is awaited.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -333,4 +412,32 @@ async fn serve(
         tracing::error!("the secret store did not answer within 5s; an unsaved rotated refresh token is lost, log in again");
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        parse_args(args.iter().map(std::ffi::OsString::from)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn command_line() {
+        assert_eq!(parse(&[]), Ok(Cli::Run(Args::default())));
+        assert_eq!(
+            parse(&["--config", "c.toml", "--socket=/run/s"]),
+            Ok(Cli::Run(Args {
+                config: Some("c.toml".into()),
+                socket: Some("/run/s".into()),
+            }))
+        );
+        assert_eq!(parse(&["-V"]), Ok(Cli::Version));
+        assert_eq!(parse(&["--help"]), Ok(Cli::Help));
+        let e = parse(&["--sockets", "x"]).unwrap_err();
+        assert!(e.contains("--sockets"), "{e}");
+        let e = parse(&["--config"]).unwrap_err();
+        assert!(e.contains("--config"), "{e}");
+        assert!(parse(&["extra"]).is_err());
+    }
 }

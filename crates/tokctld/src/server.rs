@@ -4,10 +4,11 @@ use crate::engine::Engine;
 use crate::login;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::{Either, Full};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -62,8 +63,16 @@ pub async fn serve(
                 };
             async move {
                 match routed {
-                    Ok(r) => r.await,
-                    Err(uri) => Ok(token_answer(&st, uri.query()).await.into_response()),
+                    Ok(r) => r.await.map(|r| r.map(Either::Right)),
+                    Err(uri) => Ok(match token_body(&st, uri.query()).await {
+                        // Not boxed into an axum `Body`: one allocation less per answer.
+                        Ok(b) => {
+                            let mut r = Response::new(Either::Left(Full::new(b)));
+                            r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+                            r
+                        }
+                        Err(e) => e.into_response().map(Either::Right),
+                    }),
                 }
             }
         });
@@ -155,17 +164,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `GET /v1/token` through the router (for HEAD; GET is answered in [`serve`]).
-async fn token(
-    State(st): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<tokctl_proto::TokenResponse> {
-    token_answer(&st, q.as_deref()).await
+async fn token(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    match token_body(&st, q.as_deref()).await {
+        Ok(b) => ([(header::CONTENT_TYPE, JSON)], b).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
-/// The answer to `GET /v1/token` with query string `q`.
-async fn token_answer(st: &AppState, q: Option<&str>) -> ApiResult<tokctl_proto::TokenResponse> {
+/// The `content-type` of every JSON answer.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The answer body (JSON) to `GET /v1/token` with query string `q`: the cached token's
+/// answer, serialized when the token was cached.
+async fn token_body(st: &AppState, q: Option<&str>) -> Result<Bytes, ApiFailure> {
     let q = TokenQuery::from_query_string(q.unwrap_or(""))?;
-    Ok(Json(st.engine.token(&q).await?))
+    Ok(st.engine.token(&q).await?)
 }
 
 async fn route(
