@@ -63,8 +63,8 @@ fn dispatch(argv: &[&str]) -> Result<Option<serde_json::Value>, Error> {
     }))
 }
 
-/// Two worker threads, like `tokctld`, so the bare server and the daemon get the same
-/// runtime and the load generator the same share of the machine.
+/// Two worker threads: the bare server may use both cores of a 2-core machine, which the
+/// daemon (one runtime thread) does not, so the ceiling is not lowered to the daemon's shape.
 fn rt() -> Result<tokio::runtime::Runtime, Error> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
