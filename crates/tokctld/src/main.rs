@@ -440,4 +440,20 @@ mod tests {
         assert!(e.contains("--config"), "{e}");
         assert!(parse(&["extra"]).is_err());
     }
+
+    #[test]
+    fn log_filter_takes_a_level_or_per_target_levels() {
+        use tracing_subscriber::filter::Targets;
+        for ok in ["debug", "info,tokctld=debug", "warn,hyper=trace"] {
+            assert!(ok.parse::<Targets>().is_ok(), "{ok}");
+        }
+        let t: Targets = "info,tokctld=debug".parse().unwrap();
+        assert_eq!(
+            t.default_level(),
+            Some(tracing::level_filters::LevelFilter::INFO)
+        );
+        assert!(t.would_enable("tokctld", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("hyper", &tracing::Level::DEBUG));
+        assert!("tokctld=loud".parse::<Targets>().is_err());
+    }
 }

@@ -30,11 +30,12 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// disables hyper's header read timeout, and it offers no way to set one or to cap the
 /// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
 ///
-/// `GET /v1/token`, the hot endpoint, is answered here before the router (`state` is the
-/// router's state): the router's per-request matching, extractors and boxing were a
-/// measurable share of a cached-token answer's CPU time. Same handler code, so the same
-/// status codes and JSON as through the router; the peer check, header timeout and size cap
-/// apply as before, since they sit in the listener and the connection builder.
+/// Connections are served on this thread (the daemon's one runtime thread) unless it is
+/// already serving one: then the new connection goes to whichever of this thread and a
+/// second serving thread has fewer. A lone `tokctl get`, the common case, never pays a
+/// hand-over between threads (a cross-thread wake-up was 6 % of its whole-process time);
+/// many clients at once get both cores (one thread alone reached ~0.75× a two-thread bare
+/// hyper server). See docs/benchmarks.md.
 pub async fn serve(
     mut listener: crate::socket::PeerCheckedListener,
     app: Router,
@@ -42,62 +43,207 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::serve::Listener;
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::atomic::Ordering::Relaxed;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let second = SecondThread::start();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             c = listener.accept() => c,
             () = &mut shutdown => break,
         };
-        let router = hyper_util::service::TowerToHyperService::new(app.clone());
-        let st = state.clone();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let st = st.clone();
-            // A GET /v1/token keeps only its URI; every other request goes to the router.
-            let routed =
-                if req.method() == axum::http::Method::GET && req.uri().path() == "/v1/token" {
-                    Err(req.into_parts().0.uri)
-                } else {
-                    Ok(hyper::service::Service::call(&router, req))
-                };
-            async move {
-                match routed {
-                    Ok(r) => r.await.map(|r| r.map(Either::Right)),
-                    Err(uri) => Ok(match token_body(&st, uri.query()).await {
-                        // Not boxed into an axum `Body`: one allocation less per answer.
-                        Ok(b) => {
-                            let mut r = Response::new(Either::Left(Full::new(b)));
-                            r.headers_mut().insert(header::CONTENT_TYPE, JSON);
-                            r
-                        }
-                        Err(e) => e.into_response().map(Either::Right),
-                    }),
-                }
-            }
+        let (app, state, watcher) = (app.clone(), state.clone(), graceful.watcher());
+        let here = second.as_ref().is_none_or(|t| {
+            let mine = t.load.here.load(Relaxed);
+            mine == 0 || mine <= t.load.there.load(Relaxed)
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            // The whole request head must fit in this (hyper answers 431 otherwise); bodies
-            // are capped separately by `DefaultBodyLimit`.
-            .max_buf_size(MAX_REQUEST_BYTES)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    tracing::debug!(
-                        "closed a connection that sent no complete request within {}s",
-                        HEADER_READ_TIMEOUT.as_secs()
-                    );
-                } else {
-                    tracing::debug!("connection ended: {e}");
-                }
+        match (&second, here) {
+            (Some(t), false) => t.hand_over(stream, app, state, watcher),
+            _ => {
+                let n = second.as_ref().map(|t| Counted::new(&t.load, false));
+                tokio::spawn(async move {
+                    connection(stream, app, state, watcher).await;
+                    drop(n);
+                });
             }
-        });
+        }
     }
     graceful.shutdown().await;
+    drop(second);
+}
+
+/// One connection: hyper's HTTP/1.1 server with the header timeout and head cap, and
+/// `GET /v1/token` answered before the router.
+///
+/// `GET /v1/token`, the hot endpoint, is answered here before the router (`state` is the
+/// router's state): the router's per-request matching, extractors and boxing were a
+/// measurable share of a cached-token answer's CPU time. Same handler code, so the same
+/// status codes and JSON as through the router; the peer check, header timeout and size cap
+/// apply as before, since they sit in the listener and the connection builder.
+async fn connection(
+    stream: tokio::net::UnixStream,
+    app: Router,
+    state: Arc<AppState>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let router = hyper_util::service::TowerToHyperService::new(app);
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let st = state.clone();
+        // A GET /v1/token keeps only its URI; every other request goes to the router.
+        let routed = if req.method() == axum::http::Method::GET && req.uri().path() == "/v1/token" {
+            Err(req.into_parts().0.uri)
+        } else {
+            Ok(hyper::service::Service::call(&router, req))
+        };
+        async move {
+            match routed {
+                Ok(r) => r.await.map(|r| r.map(Either::Right)),
+                Err(uri) => Ok(match token_body(&st, uri.query()).await {
+                    // Not boxed into an axum `Body`: one allocation less per answer.
+                    Ok(b) => {
+                        let mut r = Response::new(Either::Left(Full::new(b)));
+                        r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+                        r
+                    }
+                    Err(e) => e.into_response().map(Either::Right),
+                }),
+            }
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The whole request head must fit in this (hyper answers 431 otherwise); bodies
+        // are capped separately by `DefaultBodyLimit`.
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = graceful.watch(conn).await {
+        if e.is_timeout() {
+            tracing::debug!(
+                "closed a connection that sent no complete request within {}s",
+                HEADER_READ_TIMEOUT.as_secs()
+            );
+        } else {
+            tracing::debug!("connection ended: {e}");
+        }
+    }
+}
+
+/// How many connections each serving thread is serving.
+#[derive(Default)]
+struct Load {
+    here: std::sync::atomic::AtomicUsize,
+    there: std::sync::atomic::AtomicUsize,
+}
+
+impl Load {
+    fn counter(&self, there: bool) -> &std::sync::atomic::AtomicUsize {
+        if there {
+            &self.there
+        } else {
+            &self.here
+        }
+    }
+}
+
+/// Counts a connection on one of the two threads for as long as it lives.
+struct Counted {
+    load: Arc<Load>,
+    there: bool,
+}
+
+impl Counted {
+    fn new(load: &Arc<Load>, there: bool) -> Self {
+        load.counter(there)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted {
+            load: load.clone(),
+            there,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.load
+            .counter(self.there)
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The second serving thread: a one-thread runtime of its own that serves the connections
+/// handed to it; it sleeps (no timer, no wake-up) while it has none.
+struct SecondThread {
+    handle: tokio::runtime::Handle,
+    load: Arc<Load>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SecondThread {
+    /// Starts the thread; `None` (everything is served on the first thread) when the
+    /// system refuses a thread or a runtime.
+    fn start() -> Option<SecondThread> {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::warn!("serving on one thread only: {e}");
+                return None;
+            }
+        };
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("tokctld-serve".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Connections still open were already given their grace period by the
+                // first thread's graceful shutdown; do not wait for stragglers.
+                rt.shutdown_background();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("serving on one thread only: {e}");
+            return None;
+        }
+        Some(SecondThread {
+            handle,
+            load: Arc::new(Load::default()),
+            stop: Some(stop),
+        })
+    }
+
+    /// Serves the connection on the second thread: the stream leaves this thread's reactor
+    /// and joins that one's.
+    fn hand_over(
+        &self,
+        stream: tokio::net::UnixStream,
+        app: Router,
+        state: Arc<AppState>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let n = Counted::new(&self.load, true);
+        let stream = stream.into_std();
+        self.handle.spawn(async move {
+            match stream.and_then(tokio::net::UnixStream::from_std) {
+                Ok(s) => connection(s, app, state, watcher).await,
+                Err(e) => tracing::debug!("connection dropped: {e}"),
+            }
+            drop(n);
+        });
+    }
+}
+
+impl Drop for SecondThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Shared state of the API handlers.
