@@ -28,6 +28,10 @@ want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 pids=()
 cleanup() {
     oidc-agent -k >/dev/null 2>&1 || true
+    # The agent forks a helper of its own; a leftover pair was seen after a run.
+    if [ -n "${OIDCD_PID:-}" ]; then
+        for c in $(ps -o pid= --ppid "$OIDCD_PID" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
+    fi
     [ -n "${GIT_CACHE_SOCK:-}" ] && git credential-cache --socket "$GIT_CACHE_SOCK" exit 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 }
