@@ -392,7 +392,7 @@ async fn serve(
     });
     let app = server::router(state.clone());
     let mut stop_rx = stop_rx;
-    let server = server::serve(listener, app, state, async move {
+    let server = server::serve(listener, uid, app, state, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });
     // In-flight requests get a few seconds; a login still waiting for a user does not

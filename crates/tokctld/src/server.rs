@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use http_body_util::{Either, Full};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokctl_proto::{
     ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest,
@@ -30,46 +31,59 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// disables hyper's header read timeout, and it offers no way to set one or to cap the
 /// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
 ///
-/// Connections are served on this thread (the daemon's one runtime thread) unless it is
-/// already serving one: then the new connection goes to whichever of this thread and a
-/// second serving thread has fewer. A lone `tokctl get`, the common case, never pays a
-/// hand-over between threads (a cross-thread wake-up was 6 % of its whole-process time);
-/// many clients at once get both cores (one thread alone reached ~0.75× a two-thread bare
-/// hyper server). See docs/benchmarks.md.
+/// Connections are served on this thread (the daemon's one runtime thread). While it is
+/// serving two or more, a second serving thread accepts from the same socket too, until
+/// both have been idle for a moment. A lone `tokctl get`, the common case, never involves
+/// the second thread (a cross-thread wake-up was 6 % of its whole-process time); many
+/// clients at once get both cores (one thread alone reached ~0.75× a two-thread bare hyper
+/// server). See docs/benchmarks.md.
 pub async fn serve(
     mut listener: crate::socket::PeerCheckedListener,
+    uid: u32,
     app: Router,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::serve::Listener;
-    use std::sync::atomic::Ordering::Relaxed;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let second = SecondThread::start();
+    let load = Arc::new(Load::default());
+    let second = SecondThread::start(&listener, uid, load.clone(), app.clone(), state.clone());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             c = listener.accept() => c,
             () = &mut shutdown => break,
         };
-        let (app, state, watcher) = (app.clone(), state.clone(), graceful.watcher());
-        let here = second.as_ref().is_none_or(|t| {
-            let mine = t.load.here.load(Relaxed);
-            mine == 0 || mine <= t.load.there.load(Relaxed)
-        });
-        match (&second, here) {
-            (Some(t), false) => t.hand_over(stream, app, state, watcher),
-            _ => {
-                let n = second.as_ref().map(|t| Counted::new(&t.load, false));
-                tokio::spawn(async move {
-                    connection(stream, app, state, watcher).await;
-                    drop(n);
-                });
+        // A burst of connections (keep-alive clients starting together) lands here before
+        // the second thread wakes: hand some over while this thread has more.
+        let stream = match &second {
+            Some(t)
+                if load.engaged.load(Relaxed)
+                    && load.there.load(Relaxed) < load.here.load(Relaxed) =>
+            {
+                match t.hand_over(stream, app.clone(), state.clone()) {
+                    None => continue,
+                    Some(s) => s,
+                }
             }
+            _ => stream,
+        };
+        let n = Counted::new(&load, false);
+        if second.is_some() && n.busy() {
+            load.engage();
         }
+        let (app, state, watcher) = (app.clone(), state.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            connection(stream, app, state, watcher).await;
+            drop(n);
+        });
     }
+    // Both threads stop accepting, then each lets its connections finish.
+    let second_done = second.map(SecondThread::stop);
     graceful.shutdown().await;
-    drop(second);
+    if let Some(done) = second_done {
+        let _ = done.await;
+    }
 }
 
 /// One connection: hyper's HTTP/1.1 server with the header timeout and head cap, and
@@ -130,19 +144,29 @@ async fn connection(
     }
 }
 
-/// How many connections each serving thread is serving.
+/// How many connections each serving thread is serving, and whether the second one is
+/// accepting.
 #[derive(Default)]
 struct Load {
-    here: std::sync::atomic::AtomicUsize,
-    there: std::sync::atomic::AtomicUsize,
+    here: AtomicUsize,
+    there: AtomicUsize,
+    engaged: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl Load {
-    fn counter(&self, there: bool) -> &std::sync::atomic::AtomicUsize {
+    fn counter(&self, there: bool) -> &AtomicUsize {
         if there {
             &self.there
         } else {
             &self.here
+        }
+    }
+
+    /// Asks the second thread to accept connections too (once per busy period).
+    fn engage(&self) {
+        if !self.engaged.swap(true, Relaxed) {
+            self.wake.notify_one();
         }
     }
 }
@@ -155,77 +179,132 @@ struct Counted {
 
 impl Counted {
     fn new(load: &Arc<Load>, there: bool) -> Self {
-        load.counter(there)
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        load.counter(there).fetch_add(1, Relaxed);
         Counted {
             load: load.clone(),
             there,
         }
     }
+
+    /// True when this thread serves another connection besides this one.
+    fn busy(&self) -> bool {
+        self.load.counter(self.there).load(Relaxed) >= 2
+    }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.load
-            .counter(self.there)
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.load.counter(self.there).fetch_sub(1, Relaxed);
     }
 }
 
-/// The second serving thread: a one-thread runtime of its own that serves the connections
-/// handed to it; it sleeps (no timer, no wake-up) while it has none.
+/// How long the second thread keeps accepting after both threads fell idle: long enough
+/// to ride out the gaps of a busy period, short enough that a later lone `tokctl get` is
+/// not raced for by two threads.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The second serving thread: a one-thread runtime of its own with its own listener on
+/// the same socket. It sleeps (no timer, no wake-up) until the first thread is busy.
 struct SecondThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
     handle: tokio::runtime::Handle,
     load: Arc<Load>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The second thread's graceful shutdown; taken out when it shuts down.
+    graceful: SharedGraceful,
 }
+
+/// A graceful-shutdown helper both threads reach: the first one to watch connections it
+/// hands over, the second one to shut down.
+type SharedGraceful = Arc<std::sync::Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>>;
 
 impl SecondThread {
     /// Starts the thread; `None` (everything is served on the first thread) when the
-    /// system refuses a thread or a runtime.
-    fn start() -> Option<SecondThread> {
-        let rt = match tokio::runtime::Builder::new_current_thread()
+    /// system refuses a thread, a runtime or a second descriptor for the socket.
+    fn start(
+        listener: &crate::socket::PeerCheckedListener,
+        uid: u32,
+        load: Arc<Load>,
+        app: Router,
+        state: Arc<AppState>,
+    ) -> Option<SecondThread> {
+        let refused = |e: &dyn std::fmt::Display| {
+            tracing::warn!("serving on one thread only: {e}");
+        };
+        let std_listener = listener.try_clone_std().map_err(|e| refused(&e)).ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::warn!("serving on one thread only: {e}");
-                return None;
-            }
-        };
-        let handle = rt.handle().clone();
+            .map_err(|e| refused(&e))
+            .ok()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let handle = rt.handle().clone();
+        let shared: SharedGraceful = Arc::new(std::sync::Mutex::new(Some(
+            hyper_util::server::graceful::GracefulShutdown::new(),
+        )));
+        let (graceful, thread_load) = (shared.clone(), load.clone());
+        let run = async move {
+            let load = thread_load;
+            let mut listener = match crate::socket::PeerCheckedListener::from_std(std_listener, uid)
+            {
+                Ok(l) => l,
+                Err(e) => return refused(&e),
+            };
+            let mut stopped = std::pin::pin!(stopped);
+            loop {
+                // Asleep until the first thread is busy.
+                tokio::select! {
+                    () = load.wake.notified() => {},
+                    _ = &mut stopped => break,
+                }
+                let go_on =
+                    accept_while_busy(&mut listener, &load, &app, &state, &graceful, &mut stopped)
+                        .await;
+                load.engaged.store(false, Relaxed);
+                if !go_on {
+                    break;
+                }
+            }
+            drop(listener);
+            let g = graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(g) = g {
+                g.shutdown().await;
+            }
+            let _ = done_tx.send(());
+        };
         let spawned = std::thread::Builder::new()
             .name("tokctld-serve".into())
             .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
-                // Connections still open were already given their grace period by the
-                // first thread's graceful shutdown; do not wait for stragglers.
+                rt.block_on(run);
+                // Whatever is left was already given its grace period; do not wait.
                 rt.shutdown_background();
             });
         if let Err(e) = spawned {
-            tracing::warn!("serving on one thread only: {e}");
+            refused(&e);
             return None;
         }
         Some(SecondThread {
-            handle,
-            load: Arc::new(Load::default()),
             stop: Some(stop),
+            done: Some(done),
+            handle,
+            load,
+            graceful: shared,
         })
     }
 
-    /// Serves the connection on the second thread: the stream leaves this thread's reactor
-    /// and joins that one's.
+    /// Serves the connection on the second thread (the stream leaves this thread's reactor
+    /// for that one's); gives it back when the second thread is shutting down.
     fn hand_over(
         &self,
         stream: tokio::net::UnixStream,
         app: Router,
         state: Arc<AppState>,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
+    ) -> Option<tokio::net::UnixStream> {
+        let watcher = match &*self.graceful.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(g) => g.watcher(),
+            None => return Some(stream),
+        };
         let n = Counted::new(&self.load, true);
         let stream = stream.into_std();
         self.handle.spawn(async move {
@@ -233,6 +312,52 @@ impl SecondThread {
                 Ok(s) => connection(s, app, state, watcher).await,
                 Err(e) => tracing::debug!("connection dropped: {e}"),
             }
+            drop(n);
+        });
+        None
+    }
+
+    /// Stops accepting; the answer completes once this thread's connections are finished.
+    fn stop(mut self) -> tokio::sync::oneshot::Receiver<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.done
+            .take()
+            .unwrap_or_else(|| tokio::sync::oneshot::channel().1)
+    }
+}
+
+/// Accepts and serves connections until both threads have been idle for [`LINGER`]
+/// (`true`: sleep until busy again) or the daemon stops (`false`).
+async fn accept_while_busy(
+    listener: &mut crate::socket::PeerCheckedListener,
+    load: &Arc<Load>,
+    app: &Router,
+    state: &Arc<AppState>,
+    graceful: &SharedGraceful,
+    stopped: &mut std::pin::Pin<&mut tokio::sync::oneshot::Receiver<()>>,
+) -> bool {
+    use axum::serve::Listener;
+    loop {
+        let (stream, _) = tokio::select! {
+            c = listener.accept() => c,
+            () = tokio::time::sleep(LINGER) => {
+                if load.here.load(Relaxed) + load.there.load(Relaxed) == 0 {
+                    return true;
+                }
+                continue;
+            }
+            _ = &mut *stopped => return false,
+        };
+        let watcher = match &*graceful.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(g) => g.watcher(),
+            None => return false,
+        };
+        let n = Counted::new(load, true);
+        let (app, state) = (app.clone(), state.clone());
+        tokio::spawn(async move {
+            connection(stream, app, state, watcher).await;
             drop(n);
         });
     }
