@@ -32,7 +32,7 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
 ///
 /// Connections are served on this thread (the daemon's one runtime thread). While it is
-/// serving two or more, a second serving thread accepts from the same socket too, until
+/// serving three or more, a second serving thread accepts from the same socket too, until
 /// both have been idle for a moment. A lone `tokctl get`, the common case, never involves
 /// the second thread (a cross-thread wake-up was 6 % of its whole-process time); many
 /// clients at once get both cores (one thread alone reached ~0.75× a two-thread bare hyper
@@ -186,9 +186,11 @@ impl Counted {
         }
     }
 
-    /// True when this thread serves another connection besides this one.
+    /// True when this thread serves two more connections besides this one: a script's
+    /// back-to-back `tokctl get`s can overlap by one while the previous one closes, and
+    /// that should not wake the second thread.
     fn busy(&self) -> bool {
-        self.load.counter(self.there).load(Relaxed) >= 2
+        self.load.counter(self.there).load(Relaxed) >= 3
     }
 }
 
