@@ -9,128 +9,46 @@ use crate::gitserver::{
     AuthScheme, SeenRequest,
 };
 use crate::idp::Idp;
+use crate::pki::Pki;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// A throwaway certificate authority and a server certificate it signed for
-/// `127.0.0.1` and `localhost`, made with `openssl` in a temp dir.
+/// `127.0.0.1` and `localhost` (a [`Pki`] with one CA and one leaf).
+#[derive(Debug)]
 pub struct TestCa {
-    dir: tempfile::TempDir,
-}
-
-impl std::fmt::Debug for TestCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCa")
-            .field("dir", &self.dir.path())
-            .finish()
-    }
+    pki: Pki,
 }
 
 impl TestCa {
     /// Makes a P-256 CA and a server certificate (SAN IP:127.0.0.1, DNS:localhost), valid
     /// for two days.
     pub fn new() -> Result<TestCa> {
-        let dir = tempfile::Builder::new()
-            .prefix("tokctl-ca")
-            .tempdir()
-            .map_err(|e| Error::io("creating the CA's temp dir", e))?;
-        let s = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
-        let openssl = |args: &[&str]| -> Result<()> {
-            let mut c = Command::new("openssl");
-            c.args(args);
-            let o = crate::proc::run(c, None, std::time::Duration::from_secs(60))?;
-            if o.status.success() {
-                Ok(())
-            } else {
-                Err(Error::Exited {
-                    what: format!("openssl {}", args.first().unwrap_or(&"")),
-                    status: o.status.to_string(),
-                    output: String::from_utf8_lossy(&o.stderr).into_owned(),
-                })
-            }
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tokctl test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-        ]);
-        let (ca_key, ca_pem) = (s("ca.key"), s("ca.pem"));
-        args.extend([ca_key.as_str(), "-out", ca_pem.as_str()]);
-        openssl(&args)?;
-        let (key, csr) = (s("server.key"), s("server.csr"));
-        let mut args = vec!["req"];
-        args.extend(ec);
-        args.extend([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            key.as_str(),
-            "-out",
-            csr.as_str(),
-        ]);
-        openssl(&args)?;
-        std::fs::write(
-            dir.path().join("ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .map_err(|e| Error::io("writing the certificate extensions", e))?;
-        let (ext, cert) = (s("ext"), s("server.pem"));
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &cert,
-        ])?;
-        Ok(TestCa { dir })
+        let pki = Pki::new()?;
+        pki.ca("ca")?;
+        pki.leaf("ca", "server", "IP:127.0.0.1,DNS:localhost")?;
+        Ok(TestCa { pki })
     }
 
     /// The CA certificate (PEM), for the client's trust store.
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.pki.path("ca.pem")
     }
 
     /// The server certificate (PEM).
     pub fn cert_file(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
+        self.pki.path("server.pem")
     }
 
     /// The server's private key (PEM).
     pub fn key_file(&self) -> PathBuf {
-        self.dir.path().join("server.key")
+        self.pki.path("server.key")
     }
 
     /// A rustls server configuration with the server certificate (HTTP/1.1 only), for

@@ -19,6 +19,7 @@ mod idp;
 mod keychain;
 mod kubeapi;
 mod login;
+mod pki;
 mod proc;
 mod registry;
 
@@ -33,5 +34,6 @@ pub use idp::{
 pub use keychain::Keychain;
 pub use kubeapi::{KubeApi, TestCa};
 pub use login::LoginSession;
+pub use pki::Pki;
 pub use proc::{is_alive, run, signal, wait_gone, Sig};
 pub use registry::{Registry, MANIFEST_TYPE, TEST_REPOSITORY, TEST_TAG};

@@ -4,12 +4,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokctl_e2e::{
-    defaults as d, Endpoint, Error, Failure, Idp, IdpConfig, IdpTls, Keychain, Result, TestClient,
-    TestEnv,
+    defaults as d, Endpoint, Error, Failure, Idp, IdpConfig, IdpTls, Keychain, Pki, Result,
+    TestClient, TestEnv,
 };
 
 fn cc_basic() -> TestClient {
@@ -456,78 +455,14 @@ fn browser_login_can_be_denied() -> Result<()> {
 
 #[test]
 fn idp_serves_tls_with_a_test_ca() -> Result<()> {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |f: &str| dir.path().join(f);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let s = |f: &str| p(f).to_string_lossy().into_owned();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tokctl test CA",
-        "-keyout",
-        &s("ca.key"),
-        "-out",
-        &s("ca.pem"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &s("leaf.key"),
-        "-out",
-        &s("leaf.csr"),
-    ]);
-    std::fs::write(
-        p("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &s("leaf.csr"),
-        "-CA",
-        &s("ca.pem"),
-        "-CAkey",
-        &s("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &s("ext"),
-        "-out",
-        &s("leaf.pem"),
-    ]);
+    let pki = Pki::new()?;
+    let ca = pki.ca("ca")?;
+    let (cert, key) = pki.leaf("ca", "leaf", "IP:127.0.0.1")?;
     let idp = Idp::start(IdpConfig {
         tls: Some(IdpTls {
-            cert_file: p("leaf.pem"),
-            key_file: p("leaf.key"),
-            ca_file: Some(p("ca.pem")),
+            cert_file: cert,
+            key_file: key,
+            ca_file: Some(ca),
         }),
         ..Default::default()
     })?;

@@ -7,12 +7,12 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokctl_e2e::{
-    defaults, text, Idp, IdpConfig, IdpTls, LoginSession, Result, TestEnv, RUN_TIMEOUT,
+    defaults, text, Idp, IdpConfig, IdpTls, LoginSession, Pki, Result, TestEnv, RUN_TIMEOUT,
 };
 
 const EVENT_WAIT: Duration = Duration::from_secs(30);
@@ -24,119 +24,6 @@ const FORCE_REFRESH: &[&str] = &["--min-ttl", "3h"];
 /// Lets the token a login just issued age past the daemon's 2 s "just issued" grace.
 fn settle() {
     std::thread::sleep(Duration::from_secs(3));
-}
-
-// ---------------------------------------------------------------------------------------
-// Test PKI (openssl, in a temp dir that dies with the test)
-
-/// A temp dir holding certificate authorities and leaf certificates made with openssl.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki {
-            dir: tempfile::Builder::new()
-                .prefix("tokctl-pki")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("openssl runs (apt-get install openssl)");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-
-    /// A self-signed P-256 CA `<name>.pem` / `<name>.key`.
-    fn ca(&self, name: &str) -> PathBuf {
-        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=tokctl test CA {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-        ]);
-        self.path(&pem)
-    }
-
-    /// A server certificate `<name>.pem` / `<name>.key` for `san`, signed by CA `ca`.
-    fn leaf(&self, ca: &str, name: &str, san: &str) -> (PathBuf, PathBuf) {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        std::fs::write(
-            self.path(&ext),
-            format!(
-                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
-                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-            ),
-        )
-        .expect("write ext");
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ]);
-        (self.path(&pem), self.path(&key))
-    }
 }
 
 /// An https IdP with the given leaf certificate; the harness trusts `ca`.
@@ -277,10 +164,10 @@ fn one_error_line(o: &std::process::Output, code: i32) -> String {
 
 #[test]
 fn tls_idp_is_trusted_through_ca_file_only_and_failures_keep_the_refresh_token() -> Result<()> {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let wrong_ca = pki.ca("other-ca");
-    let (cert, key) = pki.leaf("ca", "idp", "IP:127.0.0.1");
+    let pki = Pki::new()?;
+    let ca = pki.ca("ca")?;
+    let wrong_ca = pki.ca("other-ca")?;
+    let (cert, key) = pki.leaf("ca", "idp", "IP:127.0.0.1")?;
     let idp = tls_idp(cert, key, &ca)?;
     assert!(idp.issuer().starts_with("https://127.0.0.1:"));
     let env = TestEnv::new()?;
@@ -359,10 +246,10 @@ fn tls_idp_is_trusted_through_ca_file_only_and_failures_keep_the_refresh_token()
 
 #[test]
 fn certificate_for_another_host_name_fails_closed_even_from_a_trusted_ca() -> Result<()> {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
+    let pki = Pki::new()?;
+    let ca = pki.ca("ca")?;
     // Signed by the CA the profile trusts, but for another name than 127.0.0.1.
-    let (cert, key) = pki.leaf("ca", "other-host", "DNS:idp.other.test");
+    let (cert, key) = pki.leaf("ca", "other-host", "DNS:idp.other.test")?;
     let idp = tls_idp(cert, key, &ca)?;
     let env = TestEnv::new()?;
     env.write_config(&format!(
