@@ -47,7 +47,10 @@ pub async fn serve(
     use axum::serve::Listener;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let load = Arc::new(Load::default());
-    let second = SecondThread::start(&listener, uid, load.clone(), app.clone(), state.clone());
+    // Started the first time this thread is busy: a daemon that only ever serves one
+    // client at a time never has it.
+    let mut second: Option<SecondThread> = None;
+    let mut second_tried = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -69,14 +72,23 @@ pub async fn serve(
             _ => stream,
         };
         let n = Counted::new(&load, false);
-        if second.is_some() && n.busy() {
-            load.engage();
+        if n.busy() {
+            if !second_tried {
+                second_tried = true;
+                second =
+                    SecondThread::start(&listener, uid, load.clone(), app.clone(), state.clone());
+            }
+            if second.is_some() {
+                load.engage();
+            }
         }
-        let (app, state, watcher) = (app.clone(), state.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            connection(stream, app, state, watcher).await;
-            drop(n);
-        });
+        tokio::spawn(counted(
+            n,
+            Ok(stream),
+            app.clone(),
+            state.clone(),
+            graceful.watcher(),
+        ));
     }
     // Both threads stop accepting, then each lets its connections finish.
     let second_done = second.map(SecondThread::stop);
@@ -206,7 +218,7 @@ impl Drop for Counted {
 const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The second serving thread: a one-thread runtime of its own with its own listener on
-/// the same socket. It sleeps (no timer, no wake-up) until the first thread is busy.
+/// the same socket. Between busy periods it sleeps (no timer, no wake-up).
 struct SecondThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -303,18 +315,14 @@ impl SecondThread {
         app: Router,
         state: Arc<AppState>,
     ) -> Option<tokio::net::UnixStream> {
-        let watcher = match &*self.graceful.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(g) => g.watcher(),
-            None => return Some(stream),
+        let Some(watcher) = watcher(&self.graceful) else {
+            return Some(stream);
         };
         let n = Counted::new(&self.load, true);
         let stream = stream.into_std();
         self.handle.spawn(async move {
-            match stream.and_then(tokio::net::UnixStream::from_std) {
-                Ok(s) => connection(s, app, state, watcher).await,
-                Err(e) => tracing::debug!("connection dropped: {e}"),
-            }
-            drop(n);
+            let stream = stream.and_then(tokio::net::UnixStream::from_std);
+            counted(n, stream, app, state, watcher).await
         });
         None
     }
@@ -352,17 +360,35 @@ async fn accept_while_busy(
             }
             _ = &mut *stopped => return false,
         };
-        let watcher = match &*graceful.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(g) => g.watcher(),
-            None => return false,
+        let Some(watcher) = watcher(graceful) else {
+            return false;
         };
         let n = Counted::new(load, true);
-        let (app, state) = (app.clone(), state.clone());
-        tokio::spawn(async move {
-            connection(stream, app, state, watcher).await;
-            drop(n);
-        });
+        tokio::spawn(counted(n, Ok(stream), app.clone(), state.clone(), watcher));
     }
+}
+
+/// A watcher of the second thread's graceful shutdown; `None` once it is shutting down.
+fn watcher(g: &SharedGraceful) -> Option<hyper_util::server::graceful::Watcher> {
+    g.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|g| g.watcher())
+}
+
+/// Serves one connection, counted on its thread until it ends.
+async fn counted(
+    n: Counted,
+    stream: std::io::Result<tokio::net::UnixStream>,
+    app: Router,
+    state: Arc<AppState>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    match stream {
+        Ok(s) => connection(s, app, state, watcher).await,
+        Err(e) => tracing::debug!("connection dropped: {e}"),
+    }
+    drop(n);
 }
 
 impl Drop for SecondThread {
