@@ -134,17 +134,7 @@ fn answer_json(mut resp: TokenResponse) -> bytes::Bytes {
     // Serializing plain strings and integers into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, &resp);
     zeroize::Zeroize::zeroize(&mut resp.access_token);
-    bytes::Bytes::from_owner(WipedOnDrop(buf))
-}
-
-/// Owner of an answer buffer: `Bytes::from_owner` needs `AsRef<[u8]>`, which `Zeroizing`
-/// does not give.
-struct WipedOnDrop(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for WipedOnDrop {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
+    bytes::Bytes::from_owner(buf)
 }
 
 /// The default refresh margin: the larger of 60 s and 10 % of the lifetime, never more
