@@ -35,5 +35,5 @@ pub use keychain::Keychain;
 pub use kubeapi::{KubeApi, TestCa};
 pub use login::LoginSession;
 pub use pki::Pki;
-pub use proc::{is_alive, run, signal, wait_gone, Sig};
+pub use proc::{drain_to, is_alive, run, signal, wait_gone, SharedText, Sig};
 pub use registry::{Registry, MANIFEST_TYPE, TEST_REPOSITORY, TEST_TAG};

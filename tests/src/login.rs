@@ -5,10 +5,9 @@ use crate::env::TestEnv;
 use crate::error::{Error, Result};
 use crate::proc;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use std::time::Duration;
 pub struct LoginSession {
     child: Child,
     events: mpsc::Receiver<Value>,
-    stderr: Arc<Mutex<String>>,
+    stderr: proc::SharedText,
     seen: Vec<Value>,
 }
 
@@ -57,20 +56,10 @@ impl LoginSession {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().expect("stderr was piped");
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = proc::SharedText::default();
+        let err = child.stderr.take().expect("stderr was piped");
+        // Ends by itself at the client's exit.
+        drop(proc::drain_to(err, stderr.clone()));
         Ok(LoginSession {
             child,
             events,

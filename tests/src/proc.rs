@@ -124,11 +124,11 @@ pub(crate) fn kill_child(child: &mut Child) {
 }
 
 /// Shared, growing text buffer filled by a reader thread.
-pub(crate) type SharedText = Arc<Mutex<String>>;
+pub type SharedText = Arc<Mutex<String>>;
 
 /// Drains `reader` into a shared buffer (capped so a chatty process cannot eat memory);
 /// the returned channel disconnects at end of input.
-pub(crate) fn drain_to(reader: impl Read + Send + 'static, into: SharedText) -> mpsc::Receiver<()> {
+pub fn drain_to(reader: impl Read + Send + 'static, into: SharedText) -> mpsc::Receiver<()> {
     const CAP: usize = 4 << 20;
     let (done_tx, done) = mpsc::channel::<()>();
     thread::spawn(move || {

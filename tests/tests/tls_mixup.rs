@@ -9,10 +9,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokctl_e2e::{
-    defaults, text, Idp, IdpConfig, IdpTls, LoginSession, Pki, Result, TestEnv, RUN_TIMEOUT,
+    defaults, drain_to, text, Idp, IdpConfig, IdpTls, LoginSession, Pki, Result, SharedText,
+    TestEnv, RUN_TIMEOUT,
 };
 
 const EVENT_WAIT: Duration = Duration::from_secs(30);
@@ -599,10 +600,15 @@ const HOSTILE_CODE: &str = "WDJB-MJHT\u{1b}[2J\u{9b}31m\u{202e}";
 const HOSTILE_DESCRIPTION: &str =
     "evil\u{202e}txt.exe\u{2066}\u{9b}[31m\u{1b}]0;pwned\u{7}\u{61c}\u{200f}\u{7f}end";
 
+/// How long to wait for the rest of a finished client's stderr.
+const RUN_WAIT_STDERR: Duration = Duration::from_secs(5);
+
 /// A `tokctl login` without `--json`, as on a terminal, with stdout and stderr captured.
 struct PlainLogin {
     child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: SharedText,
+    /// Disconnects when all of stderr has been read.
+    stderr_done: std::sync::mpsc::Receiver<()>,
 }
 
 impl PlainLogin {
@@ -615,24 +621,16 @@ impl PlainLogin {
             .stderr(Stdio::piped())
             .spawn()
             .expect("tokctl login");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().expect("piped");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        PlainLogin { child, stderr }
+        let stderr = SharedText::default();
+        let stderr_done = drain_to(child.stderr.take().expect("piped"), stderr.clone());
+        PlainLogin {
+            child,
+            stderr,
+            stderr_done,
+        }
     }
 
-    fn stderr(&self) -> Vec<u8> {
+    fn stderr(&self) -> String {
         self.stderr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -643,7 +641,7 @@ impl PlainLogin {
     fn wait_line(&self, needle: &str) -> String {
         let mut found = String::new();
         let ok = eventually(EVENT_WAIT, || {
-            let s = String::from_utf8_lossy(&self.stderr()).into_owned();
+            let s = self.stderr();
             match s.lines().find(|l| l.contains(needle)) {
                 Some(l) => {
                     found = l.to_string();
@@ -652,11 +650,7 @@ impl PlainLogin {
                 None => false,
             }
         });
-        assert!(
-            ok,
-            "no {needle:?} on stderr: {}",
-            String::from_utf8_lossy(&self.stderr())
-        );
+        assert!(ok, "no {needle:?} on stderr: {}", self.stderr());
         found
     }
 
@@ -674,8 +668,9 @@ impl PlainLogin {
             assert!(Instant::now() < end, "tokctl login did not end");
             std::thread::sleep(Duration::from_millis(100));
         };
-        std::thread::sleep(Duration::from_millis(200));
-        (status.code(), out, self.stderr())
+        // Everything the client wrote to stderr has been read.
+        let _ = self.stderr_done.recv_timeout(RUN_WAIT_STDERR);
+        (status.code(), out, self.stderr().into_bytes())
     }
 }
 
