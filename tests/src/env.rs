@@ -321,20 +321,26 @@ impl TestEnv {
     /// Stores `client_secret` for `profile` (a password-grant profile) and logs it in as
     /// alice with `--password-stdin`, asserting both succeed.
     pub fn password_login(&self, profile: &str, client_secret: &str) -> Result<()> {
-        use crate::idp::defaults;
         self.set_client_secret(profile, client_secret)?;
+        self.login_as_alice(profile, crate::idp::defaults::ALICE_PASSWORD)?;
+        Ok(())
+    }
+
+    /// `tokctl login <profile> --username alice --password-stdin` with `password`,
+    /// asserting it succeeds; returns its output.
+    pub fn login_as_alice(&self, profile: &str, password: &str) -> Result<Output> {
         let o = self.tokctl(
             &[
                 "login",
                 profile,
                 "--username",
-                defaults::ALICE,
+                crate::idp::defaults::ALICE,
                 "--password-stdin",
             ],
-            Some(format!("{}\n", defaults::ALICE_PASSWORD).as_bytes()),
+            Some(format!("{password}\n").as_bytes()),
         )?;
         assert!(o.status.success(), "password login: {}", text(&o.stderr));
-        Ok(())
+        Ok(o)
     }
 
     /// The refresh token the keychain holds for `profile`, read with `secret-tool`.

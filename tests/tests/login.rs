@@ -281,11 +281,7 @@ fn password_login_warns_and_the_password_is_kept_nowhere() -> Result<()> {
     assert!(err.lines().any(|l| l.contains("invalid_grant")), "{err}");
     assert!(env.stored_refresh_token("legacy")?.is_none());
 
-    let o = env.tokctl(
-        &["login", "legacy", "--username", "alice", "--password-stdin"],
-        Some(format!("{}\n", defaults::ALICE_PASSWORD).as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = env.login_as_alice("legacy", defaults::ALICE_PASSWORD)?;
     let err = text(&o.stderr);
     assert!(err.contains("deprecated"), "no deprecation warning: {err}");
     let token = get(&env, "legacy")?;

@@ -360,17 +360,7 @@ fn no_endpoint_answers_with_a_refresh_token_client_secret_or_password() -> Resul
     ))?;
     env.spawn_daemon(&[])?;
     env.set_client_secret("pw", &client_secret)?;
-    let o = env.tokctl(
-        &[
-            "login",
-            "pw",
-            "--username",
-            defaults::ALICE,
-            "--password-stdin",
-        ],
-        Some(format!("{password}\n").as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    env.login_as_alice("pw", &password)?;
     let rt = env
         .stored_refresh_token("pw")?
         .expect("refresh token stored");
@@ -947,17 +937,7 @@ fn canary_sweep_every_grant_refresh_helper_and_logout_leaks_nothing() -> Result<
     places.output("secret set pw", &o);
 
     // Password grant.
-    let o = env.tokctl(
-        &[
-            "login",
-            "pw",
-            "--username",
-            defaults::ALICE,
-            "--password-stdin",
-        ],
-        Some(format!("{password}\n").as_bytes()),
-    )?;
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = env.login_as_alice("pw", &password)?;
     places.output("login pw (password)", &o);
 
     // Device code, approved at the IdP's pages with the canary password.
