@@ -18,7 +18,7 @@ SOCK=$XDG_RUNTIME_DIR/tokctl/tokctld.sock
 if [ "$QUICK" = 1 ]; then
     RUNS=30 WARMUP=5 SLOW_RUNS=3 LOAD_SECS=2 LOAD_ROUNDS=1 REFRESHES=5 STORMS=1 COLD=3 HELD=10
 else
-    RUNS=1000 WARMUP=50 SLOW_RUNS=10 LOAD_SECS=2 LOAD_ROUNDS=5 REFRESHES=30 STORMS=5 COLD=15 HELD=100
+    RUNS=1000 WARMUP=50 SLOW_RUNS=10 LOAD_SECS=2 LOAD_ROUNDS=5 REFRESHES=100 STORMS=5 COLD=15 HELD=100
 fi
 log() { echo "==> $*" >&2; }
 # ONLY=process,load,storm,refresh,cold,idle runs just those sections (empty: all).
@@ -190,10 +190,9 @@ fi
 
 # ---------------------------------------------------------------- 4. rotation
 if want refresh; then
-log "4. refresh with and without rotation ($REFRESHES each; oidc-agent $SLOW_RUNS each)"
+log "4. refresh with and without rotation ($REFRESHES alternating rounds; oidc-agent $SLOW_RUNS each)"
 {
-    echo "{\"tokctl_rotation\": $($B refresh "$SOCK" alice "$REFRESHES"),"
-    echo " \"tokctl_no_rotation\": $($B refresh "$SOCK" alice_norot "$REFRESHES"),"
+    echo "{\"tokctl\": $($B refresh "$SOCK" alice,alice_norot "$REFRESHES"),"
     printf 'oidc-token rotation\t-\toidc-token\t-t\t7200\tbench\noidc-token no rotation\t-\toidc-token\t-t\t7200\tbench_norot\n' > "$W/spec-oidc"
     echo " \"oidc_agent\": $($B runs "$W/spec-oidc" "$SLOW_RUNS" 1)}"
 } > "$R/refresh.json"

@@ -146,20 +146,25 @@ md.append("")
 
 # 4. rotation
 if refresh:
-    rot, norot = refresh["tokctl_rotation"], refresh["tokctl_no_rotation"]
+    rot, norot = refresh["tokctl"]["alice"], refresh["tokctl"]["alice_norot"]
     oa = refresh["oidc_agent"]
     r1 = rot["median_ms"] / norot["median_ms"]
     oar, oan = oa["oidc-token rotation"]["median_ms"], oa["oidc-token no rotation"]["median_ms"]
     md.append("## 4. A refresh with and without rotation\n")
     md.append(
-        "tokctl: drop the cached token, then time one `GET /v1/token` on an open connection "
+        "tokctl: drop the cached token, then time one `GET /v1/token` on an open connection, "
+        "alternating between the two profiles "
         "(a refresh-token grant at the IdP; with rotation the new refresh token is written to the "
         "keychain before the answer). oidc-agent: whole `oidc-token -t 7200` process (a lifetime "
         "longer than the token's forces a refresh). Two local IdPs, one rotating, one not.\n"
     )
     md.append("| | with rotation ms | without ms | ratio |")
     md.append("|:---|---:|---:|---:|")
-    md.append(f"| tokctl ({rot['count']} refreshes) | {ms(rot['median_ms'])} | {ms(norot['median_ms'])} | {r1:.2f} |")
+    md.append(
+        f"| tokctl ({rot['count']} rounds) | {ms(rot['median_ms'])} "
+        f"({ms(rot['p25_ms'])}–{ms(rot['p75_ms'])}) | {ms(norot['median_ms'])} "
+        f"({ms(norot['p25_ms'])}–{ms(norot['p75_ms'])}) | {r1:.2f} |"
+    )
     md.append(
         f"| oidc-agent ({oa['oidc-token rotation']['runs']} runs) | {ms(oar)} | {ms(oan)} | {oar / oan:.2f} |"
     )

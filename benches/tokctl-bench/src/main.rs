@@ -5,7 +5,7 @@
 //! tokctl-bench serve SOCKET BODY_BYTES                     bare hyper server (the ceiling)
 //! tokctl-bench load SOCKET PATH CONNECTIONS SECONDS [keepalive|reconnect]
 //! tokctl-bench storm SOCKET PROFILE CALLERS                invalidate, then CALLERS at once
-//! tokctl-bench refresh SOCKET PROFILE COUNT                invalidate + get, COUNT times
+//! tokctl-bench refresh SOCKET PROFILE[,PROFILE…] COUNT     invalidate + get, COUNT rounds
 //! tokctl-bench runs SPEC_FILE RUNS WARMUP                  alternating whole-process timings
 //! ```
 //!
@@ -220,9 +220,10 @@ async fn invalidate_once(socket: &str, profile: &str) -> Result<(), Error> {
         .body(Full::new(Bytes::from(body)))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
-    resp.into_body().collect().await?;
+    let body = resp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        return Err(format!("invalidate answered {status}").into());
+        let why = String::from_utf8_lossy(&body);
+        return Err(format!("invalidate of {profile} answered {status}: {why}").into());
     }
     Ok(())
 }
@@ -263,22 +264,45 @@ async fn storm(socket: &str, profile: &str, callers: usize) -> Result<serde_json
     }))
 }
 
-/// `count` times: invalidate, then time one `get` (which refreshes at the IdP, and with
-/// rotation also saves the new refresh token in the keychain before answering).
-async fn refresh(socket: &str, profile: &str, count: usize) -> Result<serde_json::Value, Error> {
-    let path = format!("/v1/token?profile={profile}&min_ttl=30");
+/// `count` rounds, each profile once per round: invalidate, then time one `get` (which
+/// refreshes at the IdP, and with rotation also saves the new refresh token in the keychain
+/// before answering). Medians and quartiles per profile.
+async fn refresh(socket: &str, profiles: &str, count: usize) -> Result<serde_json::Value, Error> {
+    let profiles: Vec<&str> = profiles.split(',').collect();
     let mut sender = connect(socket).await?;
-    let mut ms = Vec::with_capacity(count);
+    let mut ms = vec![Vec::with_capacity(count); profiles.len()];
+    // Alternating, like `runs`: a slow spell of the machine hits every profile alike.
     for _ in 0..count {
-        invalidate_once(socket, profile).await?;
-        let t = Instant::now();
-        let status = request(&mut sender, Method::GET, &path).await?;
-        if !status.is_success() {
-            return Err(format!("get answered {status}").into());
+        for (i, profile) in profiles.iter().enumerate() {
+            invalidate_once(socket, profile).await?;
+            let path = format!("/v1/token?profile={profile}&min_ttl=30");
+            let t = Instant::now();
+            let status = request(&mut sender, Method::GET, &path).await?;
+            if !status.is_success() {
+                return Err(format!("get for {profile} answered {status}").into());
+            }
+            ms[i].push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(json!({ "profile": profile, "count": count, "median_ms": median(&mut ms) }))
+    let mut out = serde_json::Map::new();
+    for (profile, mut v) in profiles.iter().zip(ms) {
+        let p25 = quantile(&mut v, 0.25);
+        let p75 = quantile(&mut v, 0.75);
+        out.insert(
+            (*profile).to_owned(),
+            json!({ "count": count, "median_ms": median(&mut v), "p25_ms": p25, "p75_ms": p75 }),
+        );
+    }
+    Ok(out.into())
+}
+
+/// The `q` quantile (nearest rank) of `v`.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -302,7 +326,7 @@ struct Spec {
 }
 
 /// Whole-process wall time of each command, alternating: every round runs each command
-/// once, starting at a different one each round, so background noise hits all alike
+/// once, in a shuffled order (seeded, so runs repeat), so background noise hits all alike
 /// (hyperfine runs one command's runs back to back instead). The spec file has one command
 /// per line: `NAME<TAB>STDIN_FILE|-<TAB>PROGRAM<TAB>ARG…`. Output goes to /dev/null.
 fn runs_cmd(spec: &str, runs: usize, warmup: usize) -> Result<serde_json::Value, Error> {
@@ -337,9 +361,13 @@ fn runs_cmd(spec: &str, runs: usize, warmup: usize) -> Result<serde_json::Value,
         }
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); specs.len()];
+    // A new order every round: in a fixed cycle each command would always follow the same
+    // neighbour, and one that leaves the caches cold (gh) would always slow the same next one.
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    let mut rng = fastrand::Rng::with_seed(0x7c71);
     for round in 0..warmup + runs {
-        for k in 0..specs.len() {
-            let i = (round + k) % specs.len();
+        rng.shuffle(&mut order);
+        for &i in &order {
             let mut cmd = command(&specs[i], Stdio::null())?;
             let t = Instant::now();
             let status = cmd.status()?;
