@@ -64,7 +64,7 @@ if proc:
     md.append("## 1. Getting a cached token, whole process\n")
     md.append(
         f"Median wall time of {proc['cat (floor)']['runs']} alternating rounds (each round runs every "
-        "command once), ratio to `cat` of a file holding a token of the same size.\n"
+        "command once, in a new shuffled order), ratio to `cat` of a file holding a token of the same size.\n"
     )
     md.append("| command | median ms | p25–p75 ms | × cat |")
     md.append("|:---|---:|---:|---:|")
@@ -92,7 +92,8 @@ md.append(
     "hyper HTTP/1.1 server on a Unix socket answering a same-size JSON body on a 2-thread tokio "
     "runtime (the transport ceiling), same load generator. `keepalive`: each connection sends "
     "requests back to back; `reconnect`: a new connection per request, as `tokctl get` does. "
-    "Each point is several rounds that alternate the two servers; req/s and p99 are medians "
+    "Each point is several rounds, after an unrecorded warm-up, that alternate the two servers "
+    "(going first in turn); req/s and p99 are medians "
     "over the rounds, the ratio is of the medians.\n"
 )
 md.append(
