@@ -286,23 +286,21 @@ async fn refresh(socket: &str, profiles: &str, count: usize) -> Result<serde_jso
     }
     let mut out = serde_json::Map::new();
     for (profile, mut v) in profiles.iter().zip(ms) {
-        let p25 = quantile(&mut v, 0.25);
-        let p75 = quantile(&mut v, 0.75);
+        let med = median(&mut v);
         out.insert(
             (*profile).to_owned(),
-            json!({ "count": count, "median_ms": median(&mut v), "p25_ms": p25, "p75_ms": p75 }),
+            json!({ "count": count, "median_ms": med, "p25_ms": quantile(&v, 0.25), "p75_ms": quantile(&v, 0.75) }),
         );
     }
     Ok(out.into())
 }
 
-/// The `q` quantile (nearest rank) of `v`.
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
+/// The `q` quantile (nearest rank) of `sorted` (which `median` leaves sorted).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -383,10 +381,9 @@ fn runs_cmd(spec: &str, runs: usize, warmup: usize) -> Result<serde_json::Value,
     let mut out = serde_json::Map::new();
     for (s, mut t) in specs.iter().zip(times) {
         let med = median(&mut t);
-        let q = |p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
         out.insert(
             s.name.clone(),
-            json!({ "median_ms": med, "p25_ms": q(0.25), "p75_ms": q(0.75), "min_ms": t[0], "runs": t.len() }),
+            json!({ "median_ms": med, "p25_ms": quantile(&t, 0.25), "p75_ms": quantile(&t, 0.75), "min_ms": t[0], "runs": t.len() }),
         );
     }
     Ok(out.into())

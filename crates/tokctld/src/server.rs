@@ -84,7 +84,7 @@ pub async fn serve(
         }
         tokio::spawn(counted(
             n,
-            Ok(stream),
+            stream,
             app.clone(),
             state.clone(),
             graceful.watcher(),
@@ -321,8 +321,10 @@ impl SecondThread {
         let n = Counted::new(&self.load, true);
         let stream = stream.into_std();
         self.handle.spawn(async move {
-            let stream = stream.and_then(tokio::net::UnixStream::from_std);
-            counted(n, stream, app, state, watcher).await
+            match stream.and_then(tokio::net::UnixStream::from_std) {
+                Ok(s) => counted(n, s, app, state, watcher).await,
+                Err(e) => tracing::debug!("connection dropped: {e}"),
+            }
         });
         None
     }
@@ -364,7 +366,7 @@ async fn accept_while_busy(
             return false;
         };
         let n = Counted::new(load, true);
-        tokio::spawn(counted(n, Ok(stream), app.clone(), state.clone(), watcher));
+        tokio::spawn(counted(n, stream, app.clone(), state.clone(), watcher));
     }
 }
 
@@ -379,15 +381,12 @@ fn watcher(g: &SharedGraceful) -> Option<hyper_util::server::graceful::Watcher> 
 /// Serves one connection, counted on its thread until it ends.
 async fn counted(
     n: Counted,
-    stream: std::io::Result<tokio::net::UnixStream>,
+    stream: tokio::net::UnixStream,
     app: Router,
     state: Arc<AppState>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    match stream {
-        Ok(s) => connection(s, app, state, watcher).await,
-        Err(e) => tracing::debug!("connection dropped: {e}"),
-    }
+    connection(stream, app, state, watcher).await;
     drop(n);
 }
 
