@@ -100,13 +100,17 @@ impl BoundSocket {
 pub fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err("cannot create socket directory", dir))?;
-            // Make the mode exact even if an odd umask removed owner bits.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(io_err("cannot chmod socket directory", dir))?;
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {
+                    // Make the mode exact even if an odd umask removed owner bits.
+                    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                        .map_err(io_err("cannot chmod socket directory", dir))?;
+                }
+                // Another daemon starting at the same moment made it first; whatever is
+                // there now must pass the same checks as a directory found at the start.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("cannot create socket directory", dir)(e)),
+            }
             check_dir(dir, uid)
         }
         Err(e) => Err(io_err("cannot inspect socket directory", dir)(e)),
@@ -509,6 +513,33 @@ mod tests {
         assert!(sock.exists());
         b.remove();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn daemons_racing_to_create_the_directory_all_get_it() {
+        // Threads released together stand in for daemons started at once; without the
+        // AlreadyExists arm the first round already failed here.
+        const THREADS: usize = 6;
+        let t = tempfile::tempdir().unwrap();
+        for round in 0..50 {
+            let dir = t.path().join(format!("r{round}"));
+            let gate = std::sync::Barrier::new(THREADS);
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            gate.wait();
+                            prepare_dir(&dir, uid())
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    let r = h.join().unwrap();
+                    assert!(r.is_ok(), "round {round}: {}", r.unwrap_err());
+                }
+            });
+            assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        }
     }
 
     #[test]
