@@ -163,15 +163,40 @@ pub fn lock(socket: &Path) -> Result<OwnedFd, SocketError> {
             let _ = rustix::io::pwrite(&fd, std::process::id().to_string().as_bytes(), 0);
             Ok(fd)
         }
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            let mut buf = [0u8; 16];
-            let n = rustix::io::pread(&fd, &mut buf, 0).unwrap_or(0);
-            let pid = std::str::from_utf8(&buf[..n])
-                .ok()
-                .and_then(|t| t.trim().parse().ok());
-            Err(SocketError::AlreadyRunning(socket.to_path_buf(), pid))
-        }
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SocketError::AlreadyRunning(
+            socket.to_path_buf(),
+            holder_pid(&fd),
+        )),
         Err(e) => Err(io_err("cannot lock", &lock_path)(e.into())),
+    }
+}
+
+/// The pid the lock's holder wrote. A daemon that has just won the lock writes it a moment
+/// later, and until then the file is empty or still names the previous (dead) holder, so
+/// wait briefly for a live pid rather than print none or a stale one.
+fn holder_pid(fd: &OwnedFd) -> Option<u32> {
+    let read = || {
+        let mut buf = [0u8; 16];
+        let n = rustix::io::pread(fd, &mut buf, 0).unwrap_or(0);
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    };
+    let alive = |pid: u32| {
+        rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
+            !matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+    loop {
+        let pid = read();
+        if pid.is_some_and(alive) || std::time::Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -540,6 +565,33 @@ mod tests {
             });
             assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         }
+    }
+
+    #[test]
+    fn a_loser_waits_for_the_winners_pid_instead_of_printing_none_or_a_dead_one() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("s.sock");
+        let lock_path = sock.with_extension("lock");
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        // The state a loser can meet: the lock taken, the file still naming the last holder.
+        fs::write(&lock_path, dead_pid.to_string()).unwrap();
+        let winner = fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+        rustix::fs::flock(&winner, FlockOperation::NonBlockingLockExclusive).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            rustix::fs::ftruncate(&winner, 0).unwrap();
+            rustix::io::pwrite(&winner, std::process::id().to_string().as_bytes(), 0).unwrap();
+            winner
+        });
+        let r = lock(&sock);
+        let _winner = writer.join().unwrap();
+        assert!(
+            matches!(r, Err(SocketError::AlreadyRunning(_, Some(p))) if p == std::process::id()),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]
