@@ -7,6 +7,7 @@ use crate::secrets::{store_error, Secrets};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokctl_oauth::{
@@ -181,6 +182,14 @@ impl Variant {
             flight: tokio::sync::Mutex::new(()),
         })
     }
+
+    /// The cached token if it stays usable for `min_ttl`, marked as served to a caller.
+    fn cached(&self, min_ttl: Duration) -> Option<Arc<Cached>> {
+        let mut s = lock(&self.slot);
+        let t = s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned()?;
+        s.served = true;
+        Some(t)
+    }
 }
 
 /// Whether a lasting credential (refresh token or client secret) is known to exist.
@@ -204,6 +213,37 @@ struct Health {
     last_error: Option<String>,
 }
 
+/// Gives each [`Engine`] its own id.
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How many query strings a serving thread remembers; clients send very few distinct ones.
+const RESOLVED_MAX: usize = 16;
+
+thread_local! {
+    /// This serving thread's remembered query strings (see [`Engine::token_for_query`]).
+    static RESOLVED: std::cell::RefCell<Vec<Resolved>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What a `GET /v1/token` query string named when it was last parsed.
+struct Resolved {
+    query: Box<str>,
+    engine: u64,
+    epoch: u64,
+    profile_epoch: u64,
+    profile: Arc<ProfileRt>,
+    variant: Arc<Variant>,
+    min_ttl: Duration,
+}
+
+impl Resolved {
+    /// True while neither `engine`'s config nor the profile's variants have changed.
+    fn valid(&self, engine: &Engine) -> bool {
+        self.engine == engine.id
+            && self.epoch == engine.epoch.load(Ordering::Acquire)
+            && self.profile_epoch == self.profile.epoch.load(Ordering::Acquire)
+    }
+}
+
 /// One configured profile at run time.
 pub struct ProfileRt {
     /// The profile's config.
@@ -217,6 +257,8 @@ pub struct ProfileRt {
     cred: Mutex<Cred>,
     health: Mutex<Health>,
     variants: Mutex<HashMap<VariantKey, Arc<Variant>>>,
+    /// Bumped after `variants` is emptied, so a remembered [`Resolved`] variant is dropped.
+    epoch: AtomicU64,
 }
 
 impl ProfileRt {
@@ -230,7 +272,14 @@ impl ProfileRt {
             cred: Mutex::new(Cred::default()),
             health: Mutex::new(Health::default()),
             variants: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Empties the variant map (and so every cached token of the profile).
+    fn clear_variants(&self) {
+        lock(&self.variants).clear();
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     fn err(&self, code: ErrorCode, msg: impl std::fmt::Display) -> ApiError {
@@ -460,7 +509,7 @@ impl ProfileRt {
     pub fn forget(&self) {
         *lock(&self.cred) = Cred::default();
         *lock(&self.health) = Health::default();
-        lock(&self.variants).clear();
+        self.clear_variants();
     }
 
     /// Marks that a fresh login or secret was stored.
@@ -495,7 +544,7 @@ impl ProfileRt {
             ..Health::default()
         };
         drop(h);
-        lock(&self.variants).clear();
+        self.clear_variants();
     }
 
     /// Caches a token for the profile's own variant (after a login).
@@ -671,6 +720,10 @@ pub struct Engine {
     pub secrets: Secrets,
     wake: Notify,
     started: Instant,
+    /// Tells this engine's [`Resolved`] entries from another's (tests run several).
+    id: u64,
+    /// Bumped after every config swap, so remembered profiles and defaults are dropped.
+    epoch: AtomicU64,
 }
 
 impl Engine {
@@ -687,6 +740,8 @@ impl Engine {
             secrets,
             wake: Notify::new(),
             started: Instant::now(),
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -716,6 +771,7 @@ impl Engine {
         *profiles = next;
         drop(profiles);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.epoch.fetch_add(1, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -733,13 +789,50 @@ impl Engine {
         })
     }
 
-    /// `GET /v1/token`: the JSON answer for a cached token with at least `min_ttl` left,
-    /// or for a fresh one.
-    pub async fn token(self: &Arc<Self>, q: &TokenQuery) -> Result<bytes::Bytes, ApiError> {
-        let prof = self.profile(q.profile.as_deref())?;
-        let key = prof.variant_key(q)?;
-        let v = prof.variant(key);
-        let min_ttl = Duration::from_secs(q.min_ttl_secs);
+    /// `GET /v1/token` by its raw query string: the JSON answer for a cached token with at
+    /// least `min_ttl` left, or for a fresh one. What a query string names (profile,
+    /// variant, `min_ttl`) is remembered per serving thread until the config or the
+    /// profile's variants change, so a repeated query skips the parsing and the map
+    /// lookups; with a usable cached token the answer needs no await.
+    pub async fn token_for_query(self: &Arc<Self>, raw: &str) -> Result<bytes::Bytes, ApiError> {
+        let hit = RESOLVED.with(|r| {
+            let r = r.borrow();
+            let e = r.iter().find(|e| &*e.query == raw && e.valid(self))?;
+            Some(match e.variant.cached(e.min_ttl) {
+                Some(t) => Ok(t.answer()),
+                None => Err((e.profile.clone(), e.variant.clone(), e.min_ttl)),
+            })
+        });
+        let (prof, v, min_ttl) = match hit {
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(found)) => found,
+            None => {
+                // Read before resolving: a change made meanwhile makes the entry stale.
+                let epoch = self.epoch.load(Ordering::Acquire);
+                let q = TokenQuery::from_query_string(raw)?;
+                let prof = self.profile(q.profile.as_deref())?;
+                let profile_epoch = prof.epoch.load(Ordering::Acquire);
+                let v = prof.variant(prof.variant_key(&q)?);
+                let min_ttl = Duration::from_secs(q.min_ttl_secs);
+                RESOLVED.with(|r| {
+                    let mut r = r.borrow_mut();
+                    r.retain(|e| e.engine != self.id || e.valid(self));
+                    if r.len() >= RESOLVED_MAX {
+                        r.remove(0);
+                    }
+                    r.push(Resolved {
+                        query: raw.into(),
+                        engine: self.id,
+                        epoch,
+                        profile_epoch,
+                        profile: prof.clone(),
+                        variant: v.clone(),
+                        min_ttl,
+                    });
+                });
+                (prof, v, min_ttl)
+            }
+        };
         Ok(self.ensure(&prof, &v, min_ttl, true).await?.answer())
     }
 
@@ -1190,6 +1283,74 @@ mod tests {
         });
         let r: TokenResponse = serde_json::from_slice(&odd).expect("escaped JSON");
         assert_eq!(r.access_token, r#"a"b\c"#);
+    }
+
+    fn token_set(t: &str) -> TokenSet {
+        TokenSet {
+            access_token: SecretString::from(t),
+            token_type: "Bearer".into(),
+            expires_in: Some(3600),
+            refresh_token: None,
+            id_token: None,
+            scope: None,
+        }
+    }
+
+    fn served(r: Result<bytes::Bytes, ApiError>) -> Option<String> {
+        let b = r.ok()?;
+        Some(
+            serde_json::from_slice::<TokenResponse>(&b)
+                .ok()?
+                .access_token,
+        )
+    }
+
+    /// The remembered query strings must never outlive what they resolved to: a logout
+    /// (variants emptied), a new login and a config change each show at the next request.
+    #[tokio::test]
+    async fn a_remembered_query_follows_logouts_logins_and_reloads() {
+        let text = |scope: &str| {
+            format!(
+                "default_profile = \"a\"\n[profile.a]\nissuer = \"http://127.0.0.1:9/\"\n\
+                 client_id = \"c\"\ngrant = \"client_credentials\"\nscopes = [\"{scope}\"]\n"
+            )
+        };
+        let path = std::path::Path::new("/nonexistent/config.toml");
+        let e = Engine::new(
+            Config::parse(path, &text("s1")).unwrap(),
+            Secrets::new(tokctl_store::Backend::File("/nonexistent/x".into())),
+        );
+        let q = "profile=a&min_ttl=30";
+        e.profile(Some("a"))
+            .unwrap()
+            .cache_base_token(token_set("one"));
+        assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("one"));
+        // The default profile resolves to the same remembered entry's profile.
+        assert_eq!(served(e.token_for_query("").await).as_deref(), Some("one"));
+        assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("one"));
+
+        // Logged out: the token is gone, so the next request must not answer it (with no
+        // credentials and no IdP it fails instead).
+        e.profile(Some("a")).unwrap().forget();
+        assert_eq!(served(e.token_for_query(q).await), None);
+        e.profile(Some("a"))
+            .unwrap()
+            .credentials_changed(None, Some(SecretString::from("s")));
+        e.profile(Some("a"))
+            .unwrap()
+            .cache_base_token(token_set("two"));
+        assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("two"));
+
+        // A changed profile starts afresh: its new runtime state has no token.
+        e.replace_config(Config::parse(path, &text("s2")).unwrap());
+        assert_eq!(served(e.token_for_query(q).await), None);
+        e.profile(Some("a"))
+            .unwrap()
+            .cache_base_token(token_set("three"));
+        assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("three"));
+        // A malformed query is still refused, remembered entries or not.
+        let err = e.token_for_query("profile=a&bogus=1").await.err().unwrap();
+        assert_eq!(err.error, ErrorCode::Usage);
     }
 
     #[test]

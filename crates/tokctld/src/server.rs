@@ -8,14 +8,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokctl_proto::{
     ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest,
-    OkResponse, SecretRequest, TokenQuery, MAX_REQUEST_BYTES,
+    OkResponse, SecretRequest, MAX_REQUEST_BYTES,
 };
 
 /// How long a connection may take to deliver a complete request head, counted from when
@@ -98,24 +98,27 @@ pub async fn serve(
     }
 }
 
-/// One connection: hyper's HTTP/1.1 server with the header timeout and head cap, and
-/// `GET /v1/token` answered before the router.
+/// One connection: hyper's HTTP/1.1 server with the head cap, [`HEADER_READ_TIMEOUT`]
+/// kept by a [`Quiet`] watch, and `GET /v1/token` answered before the router.
 ///
 /// `GET /v1/token`, the hot endpoint, is answered here before the router (`state` is the
 /// router's state): the router's per-request matching, extractors and boxing were a
 /// measurable share of a cached-token answer's CPU time. Same handler code, so the same
-/// status codes and JSON as through the router; the peer check, header timeout and size cap
-/// apply as before, since they sit in the listener and the connection builder.
+/// status codes and JSON as through the router; the peer check and size cap apply as
+/// before, since they sit in the listener and the connection builder.
 async fn connection(
     stream: tokio::net::UnixStream,
     app: Router,
     state: Arc<AppState>,
     graceful: hyper_util::server::graceful::Watcher,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     let router = hyper_util::service::TowerToHyperService::new(app);
+    let quiet = Arc::new(Quiet::new());
+    let q = quiet.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let st = state.clone();
+        let busy = Busy::new(&q);
         // A GET /v1/token keeps only its URI; every other request goes to the router.
         let routed = if req.method() == axum::http::Method::GET && req.uri().path() == "/v1/token" {
             Err(req.into_parts().0.uri)
@@ -123,7 +126,7 @@ async fn connection(
             Ok(hyper::service::Service::call(&router, req))
         };
         async move {
-            match routed {
+            let r = match routed {
                 Ok(r) => r.await.map(|r| r.map(Either::Right)),
                 Err(uri) => Ok(match token_body(&st, uri.query()).await {
                     // Not boxed into an axum `Body`: one allocation less per answer.
@@ -134,25 +137,96 @@ async fn connection(
                     }
                     Err(e) => e.into_response().map(Either::Right),
                 }),
-            }
+            };
+            // Busy until hyper has sent the whole body and drops it: a login streams its
+            // progress in the body for minutes.
+            r.map(|r| {
+                r.map(|b| {
+                    b.map_frame(move |f| {
+                        let _ = &busy;
+                        f
+                    })
+                })
+            })
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
         // The whole request head must fit in this (hyper answers 431 otherwise); bodies
         // are capped separately by `DefaultBodyLimit`.
         .max_buf_size(MAX_REQUEST_BYTES)
         .serve_connection(TokioIo::new(stream), svc);
-    if let Err(e) = graceful.watch(conn).await {
-        if e.is_timeout() {
-            tracing::debug!(
-                "closed a connection that sent no complete request within {}s",
-                HEADER_READ_TIMEOUT.as_secs()
-            );
-        } else {
-            tracing::debug!("connection ended: {e}");
+    tokio::select! {
+        biased;
+        r = graceful.watch(conn) => {
+            if let Err(e) = r {
+                tracing::debug!("connection ended: {e}");
+            }
         }
+        () = quiet.expired() => tracing::debug!(
+            "closed a connection that sent no complete request within {}s",
+            HEADER_READ_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// When a connection last answered a request, and whether one is being answered now: the
+/// header read timeout, kept per connection with one timer that fires at most every
+/// [`HEADER_READ_TIMEOUT`] instead of hyper's, which re-arms a timer for every request
+/// (about a tenth of the daemon's CPU time per request on a kept-alive connection).
+struct Quiet {
+    /// When the connection opened; `last` counts from here.
+    opened: tokio::time::Instant,
+    /// Milliseconds from `opened` to the end of the last answer (0: none yet).
+    last: std::sync::atomic::AtomicU64,
+    /// Requests whose head has arrived and whose answer is not yet complete.
+    busy: AtomicUsize,
+}
+
+impl Quiet {
+    fn new() -> Self {
+        Quiet {
+            opened: tokio::time::Instant::now(),
+            last: 0.into(),
+            busy: 0.into(),
+        }
+    }
+
+    /// Completes once the connection has been waiting [`HEADER_READ_TIMEOUT`] for a
+    /// complete request head: since it opened, or since its last answer. A request being
+    /// answered (a login can take minutes) is never cut off.
+    async fn expired(&self) {
+        loop {
+            let last = self.opened + std::time::Duration::from_millis(self.last.load(Relaxed));
+            let now = tokio::time::Instant::now();
+            let due = last + HEADER_READ_TIMEOUT;
+            if self.busy.load(Relaxed) > 0 {
+                tokio::time::sleep_until(now + HEADER_READ_TIMEOUT).await;
+            } else if now >= due {
+                return;
+            } else {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+}
+
+/// One request being answered on a [`Quiet`] connection, from its head to the end of its
+/// answer's body; dropping it marks the answer done.
+struct Busy(Arc<Quiet>);
+
+impl Busy {
+    fn new(q: &Arc<Quiet>) -> Self {
+        q.busy.fetch_add(1, Relaxed);
+        Busy(q.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let q = &self.0;
+        let ms = q.opened.elapsed().as_millis();
+        q.last.store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
+        q.busy.fetch_sub(1, Relaxed);
     }
 }
 
@@ -475,8 +549,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// The answer body (JSON) to `GET /v1/token` with query string `q`: the cached token's
 /// answer, serialized when the token was cached.
 async fn token_body(st: &AppState, q: Option<&str>) -> Result<Bytes, ApiFailure> {
-    let q = TokenQuery::from_query_string(q.unwrap_or(""))?;
-    Ok(st.engine.token(&q).await?)
+    Ok(st.engine.token_for_query(q.unwrap_or("")).await?)
 }
 
 async fn route(
