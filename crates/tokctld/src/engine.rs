@@ -789,6 +789,16 @@ impl Engine {
         })
     }
 
+    /// The answer to a `GET /v1/token` query string this thread has resolved before, when
+    /// its token is usable: no parsing, no map lookup, nothing to await.
+    pub fn cached_answer(&self, raw: &str) -> Option<bytes::Bytes> {
+        RESOLVED.with(|r| {
+            let r = r.borrow();
+            let e = r.iter().find(|e| &*e.query == raw && e.valid(self))?;
+            Some(e.variant.cached(e.min_ttl)?.answer())
+        })
+    }
+
     /// `GET /v1/token` by its raw query string: the JSON answer for a cached token with at
     /// least `min_ttl` left, or for a fresh one. What a query string names (profile,
     /// variant, `min_ttl`) is remembered per serving thread until the config or the
