@@ -224,6 +224,9 @@ thread_local! {
     static RESOLVED: std::cell::RefCell<Vec<Resolved>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The profile, variant and `min_ttl` a `GET /v1/token` query string names.
+type Named = (Arc<ProfileRt>, Arc<Variant>, Duration);
+
 /// What a `GET /v1/token` query string named when it was last parsed.
 struct Resolved {
     query: Box<str>,
@@ -792,10 +795,19 @@ impl Engine {
     /// The answer to a `GET /v1/token` query string this thread has resolved before, when
     /// its token is usable: no parsing, no map lookup, nothing to await.
     pub fn cached_answer(&self, raw: &str) -> Option<bytes::Bytes> {
+        self.remembered(raw)?.ok()
+    }
+
+    /// What this thread remembers of `raw`: the answer when its token is usable, else
+    /// the profile, variant and `min_ttl` it names; `None` when not remembered (or stale).
+    fn remembered(&self, raw: &str) -> Option<Result<bytes::Bytes, Named>> {
         RESOLVED.with(|r| {
             let r = r.borrow();
             let e = r.iter().find(|e| &*e.query == raw && e.valid(self))?;
-            Some(e.variant.cached(e.min_ttl)?.answer())
+            Some(match e.variant.cached(e.min_ttl) {
+                Some(t) => Ok(t.answer()),
+                None => Err((e.profile.clone(), e.variant.clone(), e.min_ttl)),
+            })
         })
     }
 
@@ -805,15 +817,7 @@ impl Engine {
     /// profile's variants change, so a repeated query skips the parsing and the map
     /// lookups; with a usable cached token the answer needs no await.
     pub async fn token_for_query(self: &Arc<Self>, raw: &str) -> Result<bytes::Bytes, ApiError> {
-        let hit = RESOLVED.with(|r| {
-            let r = r.borrow();
-            let e = r.iter().find(|e| &*e.query == raw && e.valid(self))?;
-            Some(match e.variant.cached(e.min_ttl) {
-                Some(t) => Ok(t.answer()),
-                None => Err((e.profile.clone(), e.variant.clone(), e.min_ttl)),
-            })
-        });
-        let (prof, v, min_ttl) = match hit {
+        let (prof, v, min_ttl) = match self.remembered(raw) {
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(found)) => found,
             None => {
@@ -1335,7 +1339,7 @@ mod tests {
             .unwrap()
             .cache_base_token(token_set("one"));
         assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("one"));
-        // The default profile resolves to the same remembered entry's profile.
+        // An empty query names the default profile: an entry of its own, the same token.
         assert_eq!(served(e.token_for_query("").await).as_deref(), Some("one"));
         assert_eq!(served(e.token_for_query(q).await).as_deref(), Some("one"));
 
