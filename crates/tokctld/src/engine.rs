@@ -183,12 +183,17 @@ impl Variant {
         })
     }
 
-    /// The cached token if it stays usable for `min_ttl`, marked as served to a caller.
-    fn cached(&self, min_ttl: Duration) -> Option<Arc<Cached>> {
+    /// The cached token if it stays usable for `min_ttl` (marked as served when a caller
+    /// gets it); otherwise the slot's generation, to tell later whether a fetch completed.
+    fn cached(&self, min_ttl: Duration, caller: bool) -> Result<Arc<Cached>, u64> {
         let mut s = lock(&self.slot);
-        let t = s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned()?;
-        s.served = true;
-        Some(t)
+        match s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned() {
+            Some(t) => {
+                s.served |= caller;
+                Ok(t)
+            }
+            None => Err(s.generation),
+        }
     }
 }
 
@@ -602,7 +607,7 @@ impl ProfileRt {
 
     /// Checks a down-scoping request against the profile's grant and names its variant.
     fn variant_key(&self, q: &TokenQuery) -> Result<VariantKey, ApiError> {
-        if q.scopes.is_empty() && q.resources.is_empty() && q.audience.is_none() {
+        if !q.is_down_scoped() {
             // The profile's own token, what a plain `tokctl get` asks for: nothing to check,
             // and no per-request copies of the profile's scopes to compare with.
             return Ok(VariantKey::default());
@@ -804,9 +809,9 @@ impl Engine {
         RESOLVED.with(|r| {
             let r = r.borrow();
             let e = r.iter().find(|e| &*e.query == raw && e.valid(self))?;
-            Some(match e.variant.cached(e.min_ttl) {
-                Some(t) => Ok(t.answer()),
-                None => Err((e.profile.clone(), e.variant.clone(), e.min_ttl)),
+            Some(match e.variant.cached(e.min_ttl, true) {
+                Ok(t) => Ok(t.answer()),
+                Err(_) => Err((e.profile.clone(), e.variant.clone(), e.min_ttl)),
             })
         })
     }
@@ -858,13 +863,9 @@ impl Engine {
         min_ttl: Duration,
         caller: bool,
     ) -> Result<Arc<Cached>, ApiError> {
-        let gen0 = {
-            let mut s = lock(&v.slot);
-            if let Some(t) = s.token.as_ref().filter(|t| t.usable(min_ttl)).cloned() {
-                s.served |= caller;
-                return Ok(t);
-            }
-            s.generation
+        let gen0 = match v.cached(min_ttl, caller) {
+            Ok(t) => return Ok(t),
+            Err(generation) => generation,
         };
         let _flight = v.flight.lock().await;
         {

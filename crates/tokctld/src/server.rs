@@ -169,9 +169,6 @@ async fn connection(
     }
 }
 
-/// The error type of both answer bodies (`Full`'s never happens).
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// A `GET /v1/token` answer. Not boxed into an axum `Body`: one allocation less per answer.
 fn json_answer(b: Bytes) -> Response<Either<Full<Bytes>, Body>> {
     let mut r = Response::new(Either::Left(Full::new(b)));
@@ -184,7 +181,7 @@ fn json_answer(b: Bytes) -> Response<Either<Full<Bytes>, Body>> {
 fn tracked(
     r: Response<Either<Full<Bytes>, Body>>,
     busy: Busy,
-) -> Response<impl hyper::body::Body<Data = Bytes, Error = BoxError> + Send + 'static> {
+) -> Response<impl hyper::body::Body<Data = Bytes, Error = axum::BoxError> + Send + 'static> {
     r.map(|b| {
         b.map_frame(move |f| {
             let _ = &busy;
