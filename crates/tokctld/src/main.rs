@@ -189,6 +189,7 @@ fn main() -> ExitCode {
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         std::env::set_var("TOKIO_WORKER_THREADS", "1");
     }
+    one_malloc_arena();
     init_logging();
     harden();
     let uid = rustix::process::getuid().as_raw();
@@ -223,11 +224,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // One runtime thread: a cached answer is microseconds of work, so a second worker only
-    // added cross-thread wake-ups and work stealing (throughput was lower with two, see
-    // docs/benchmarks.md), and an idle daemon has one thread fewer to keep. Nothing slow
-    // runs on it: keychain calls go to their own thread, the IdP is awaited.
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Two workers that steal work from each other, as a bare hyper server would have: any
+    // worker serves any connection, so one preempted by a busy client on the same core does
+    // not stall the connections it took. With connections pinned to one of two
+    // current-thread runtimes, 16 keep-alive clients got 0.78-0.81x a bare hyper server's
+    // requests per second, with this 0.88-0.89x (docs/benchmarks.md). A lone `tokctl get`
+    // stays on one worker: a single woken task wakes no other. More than two buys nothing
+    // for one user's clients and costs idle threads.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("tokctld-worker")
         .enable_all()
         .build()
     {
@@ -249,6 +256,20 @@ fn main() -> ExitCode {
 enum Signal {
     Stop,
     Reload,
+}
+
+/// Makes every thread allocate from glibc's main arena (each still has its own small
+/// cache). By default each runtime worker gets an arena of its own, and memory freed in
+/// one is never reused by another: with 100 profiles that was 110 KiB more resident
+/// memory, against a budget of 8 MB, and no throughput was gained by it (benchmarks.md).
+/// Call before any other thread exists.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; no other thread is running.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Forwards SIGTERM/SIGINT/SIGHUP from signal-hook's thread into the runtime.
@@ -328,6 +349,7 @@ fn reloader(
     }
 }
 
+/// Builds the engine and serves the socket on the runtime's workers until told to stop.
 async fn serve(
     config: Config,
     config_path: &Path,
@@ -392,17 +414,21 @@ async fn serve(
     });
     let app = server::router(state.clone());
     let mut stop_rx = stop_rx;
-    let server = server::serve(listener, uid, app, state, async move {
+    // Spawned, not awaited here: connections accepted on a worker are spawned onto that
+    // worker's own queue, with no cross-thread wake-up.
+    let mut server = tokio::spawn(server::serve(listener, app, state, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
-    });
+    }));
     // In-flight requests get a few seconds; a login still waiting for a user does not
     // hold the shutdown hostage.
     tokio::select! {
-        () = server => {},
+        r = &mut server => if let Err(e) = r {
+            tracing::error!("the server task failed: {e}");
+        },
         _ = async {
             let _ = grace_rx.wait_for(|s| *s).await;
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        } => {},
+        } => server.abort(),
     };
     // A rotated refresh token the keychain refused earlier gets a last chance to be saved.
     if tokio::time::timeout(std::time::Duration::from_secs(5), engine.persist())

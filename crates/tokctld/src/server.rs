@@ -33,71 +33,29 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// disables hyper's header read timeout, and it offers no way to set one or to cap the
 /// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
 ///
-/// Connections are served on this thread (the daemon's one runtime thread). While it is
-/// serving three or more, a second serving thread accepts from the same socket too, until
-/// both have been idle for a moment. A lone `tokctl get`, the common case, never involves
-/// the second thread (a cross-thread wake-up was 6 % of its whole-process time); many
-/// clients at once get both cores (one thread alone reached ~0.75× a two-thread bare hyper
-/// server). See docs/benchmarks.md.
+/// Each connection is a task of its own; the runtime's workers share them (see `main`).
 pub async fn serve(
     mut listener: crate::socket::PeerCheckedListener,
-    uid: u32,
     app: Router,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::serve::Listener;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let load = Arc::new(Load::default());
-    // Started the first time this thread is busy: a daemon that only ever serves one
-    // client at a time never has it.
-    let mut second: Option<SecondThread> = None;
-    let mut second_tried = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             c = listener.accept() => c,
             () = &mut shutdown => break,
         };
-        // A burst of connections (keep-alive clients starting together) lands here before
-        // the second thread wakes: hand some over while this thread has more.
-        let stream = match &second {
-            Some(t)
-                if load.engaged.load(Relaxed)
-                    && load.there.load(Relaxed) < load.here.load(Relaxed) =>
-            {
-                match t.hand_over(stream, app.clone(), state.clone()) {
-                    None => continue,
-                    Some(s) => s,
-                }
-            }
-            _ => stream,
-        };
-        let n = Counted::new(&load, false);
-        if n.busy() {
-            if !second_tried {
-                second_tried = true;
-                second =
-                    SecondThread::start(&listener, uid, load.clone(), app.clone(), state.clone());
-            }
-            if second.is_some() {
-                load.engage();
-            }
-        }
-        tokio::spawn(counted(
-            n,
+        tokio::spawn(connection(
             stream,
             app.clone(),
             state.clone(),
             graceful.watcher(),
         ));
     }
-    // Both threads stop accepting, then each lets its connections finish.
-    let second_done = second.map(SecondThread::stop);
     graceful.shutdown().await;
-    if let Some(done) = second_done {
-        let _ = done.await;
-    }
 }
 
 /// One connection: hyper's HTTP/1.1 server with the head cap, [`HEADER_READ_TIMEOUT`]
@@ -248,268 +206,6 @@ impl Drop for Busy {
         let ms = q.opened.elapsed().as_millis();
         q.last.store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
         q.busy.fetch_sub(1, Relaxed);
-    }
-}
-
-/// How many connections each serving thread is serving, and whether the second one is
-/// accepting.
-#[derive(Default)]
-struct Load {
-    here: AtomicUsize,
-    there: AtomicUsize,
-    engaged: std::sync::atomic::AtomicBool,
-    wake: tokio::sync::Notify,
-    /// Pinged when the first thread keeps a connection or one of the second's ends: the
-    /// moments the second thread may have to accept again (see [`accept_while_busy`]).
-    turn: tokio::sync::Notify,
-}
-
-impl Load {
-    fn counter(&self, there: bool) -> &AtomicUsize {
-        if there {
-            &self.there
-        } else {
-            &self.here
-        }
-    }
-
-    /// Asks the second thread to accept connections too (once per busy period).
-    fn engage(&self) {
-        if !self.engaged.swap(true, Relaxed) {
-            self.wake.notify_one();
-        }
-    }
-}
-
-/// Counts a connection on one of the two threads for as long as it lives.
-struct Counted {
-    load: Arc<Load>,
-    there: bool,
-}
-
-impl Counted {
-    fn new(load: &Arc<Load>, there: bool) -> Self {
-        load.counter(there).fetch_add(1, Relaxed);
-        if !there {
-            load.turn.notify_one();
-        }
-        Counted {
-            load: load.clone(),
-            there,
-        }
-    }
-
-    /// True when this thread serves two more connections besides this one: a script's
-    /// back-to-back `tokctl get`s can overlap by one while the previous one closes, and
-    /// that should not wake the second thread.
-    fn busy(&self) -> bool {
-        self.load.counter(self.there).load(Relaxed) >= 3
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.load.counter(self.there).fetch_sub(1, Relaxed);
-        if self.there {
-            self.load.turn.notify_one();
-        }
-    }
-}
-
-/// How long the second thread keeps accepting after both threads fell idle: long enough
-/// to ride out the gaps of a busy period, short enough that a later lone `tokctl get` is
-/// not raced for by two threads.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The second serving thread: a one-thread runtime of its own with its own listener on
-/// the same socket. Between busy periods it sleeps (no timer, no wake-up).
-struct SecondThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::sync::oneshot::Receiver<()>>,
-    handle: tokio::runtime::Handle,
-    load: Arc<Load>,
-    /// The second thread's graceful shutdown; taken out when it shuts down.
-    graceful: SharedGraceful,
-}
-
-/// A graceful-shutdown helper both threads reach: the first one to watch connections it
-/// hands over, the second one to shut down.
-type SharedGraceful = Arc<std::sync::Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>>;
-
-impl SecondThread {
-    /// Starts the thread; `None` (everything is served on the first thread) when the
-    /// system refuses a thread, a runtime or a second descriptor for the socket.
-    fn start(
-        listener: &crate::socket::PeerCheckedListener,
-        uid: u32,
-        load: Arc<Load>,
-        app: Router,
-        state: Arc<AppState>,
-    ) -> Option<SecondThread> {
-        let refused = |e: &dyn std::fmt::Display| {
-            tracing::warn!("serving on one thread only: {e}");
-        };
-        let std_listener = listener.try_clone_std().map_err(|e| refused(&e)).ok()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| refused(&e))
-            .ok()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-        let handle = rt.handle().clone();
-        let shared: SharedGraceful = Arc::new(std::sync::Mutex::new(Some(
-            hyper_util::server::graceful::GracefulShutdown::new(),
-        )));
-        let (graceful, thread_load) = (shared.clone(), load.clone());
-        let run = async move {
-            let load = thread_load;
-            let mut listener = match crate::socket::PeerCheckedListener::from_std(std_listener, uid)
-            {
-                Ok(l) => l,
-                Err(e) => return refused(&e),
-            };
-            let mut stopped = std::pin::pin!(stopped);
-            loop {
-                // Asleep until the first thread is busy.
-                tokio::select! {
-                    () = load.wake.notified() => {},
-                    _ = &mut stopped => break,
-                }
-                let go_on =
-                    accept_while_busy(&mut listener, &load, &app, &state, &graceful, &mut stopped)
-                        .await;
-                load.engaged.store(false, Relaxed);
-                if !go_on {
-                    break;
-                }
-            }
-            drop(listener);
-            let g = graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(g) = g {
-                g.shutdown().await;
-            }
-            let _ = done_tx.send(());
-        };
-        let spawned = std::thread::Builder::new()
-            .name("tokctld-serve".into())
-            .spawn(move || {
-                rt.block_on(run);
-                // Whatever is left was already given its grace period; do not wait.
-                rt.shutdown_background();
-            });
-        if let Err(e) = spawned {
-            refused(&e);
-            return None;
-        }
-        Some(SecondThread {
-            stop: Some(stop),
-            done: Some(done),
-            handle,
-            load,
-            graceful: shared,
-        })
-    }
-
-    /// Serves the connection on the second thread (the stream leaves this thread's reactor
-    /// for that one's); gives it back when the second thread is shutting down.
-    fn hand_over(
-        &self,
-        stream: tokio::net::UnixStream,
-        app: Router,
-        state: Arc<AppState>,
-    ) -> Option<tokio::net::UnixStream> {
-        let Some(watcher) = watcher(&self.graceful) else {
-            return Some(stream);
-        };
-        let n = Counted::new(&self.load, true);
-        let stream = stream.into_std();
-        self.handle.spawn(async move {
-            match stream.and_then(tokio::net::UnixStream::from_std) {
-                Ok(s) => counted(n, s, app, state, watcher).await,
-                Err(e) => tracing::debug!("connection dropped: {e}"),
-            }
-        });
-        None
-    }
-
-    /// Stops accepting; the answer completes once this thread's connections are finished.
-    fn stop(mut self) -> tokio::sync::oneshot::Receiver<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.done
-            .take()
-            .unwrap_or_else(|| tokio::sync::oneshot::channel().1)
-    }
-}
-
-/// Accepts and serves connections until both threads have been idle for [`LINGER`]
-/// (`true`: sleep until busy again) or the daemon stops (`false`).
-async fn accept_while_busy(
-    listener: &mut crate::socket::PeerCheckedListener,
-    load: &Arc<Load>,
-    app: &Router,
-    state: &Arc<AppState>,
-    graceful: &SharedGraceful,
-    stopped: &mut std::pin::Pin<&mut tokio::sync::oneshot::Receiver<()>>,
-) -> bool {
-    use axum::serve::Listener;
-    loop {
-        if load.there.load(Relaxed) > load.here.load(Relaxed) {
-            // Serving more than the first thread already: leave the next connections to
-            // it. Connections stay on the thread that took them, and this thread, with
-            // nothing else to do, used to win most of a burst: with 16 keep-alive clients
-            // the threads' CPU ticks split 29:49 to 34:54 and gave 96-104 k req/s,
-            // against 116-130 k when even.
-            tokio::select! {
-                () = load.turn.notified() => continue,
-                _ = &mut *stopped => return false,
-            }
-        }
-        let (stream, _) = tokio::select! {
-            c = listener.accept() => c,
-            () = tokio::time::sleep(LINGER) => {
-                if load.here.load(Relaxed) + load.there.load(Relaxed) == 0 {
-                    return true;
-                }
-                continue;
-            }
-            _ = &mut *stopped => return false,
-        };
-        let Some(watcher) = watcher(graceful) else {
-            return false;
-        };
-        let n = Counted::new(load, true);
-        tokio::spawn(counted(n, stream, app.clone(), state.clone(), watcher));
-    }
-}
-
-/// A watcher of the second thread's graceful shutdown; `None` once it is shutting down.
-fn watcher(g: &SharedGraceful) -> Option<hyper_util::server::graceful::Watcher> {
-    g.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|g| g.watcher())
-}
-
-/// Serves one connection, counted on its thread until it ends.
-async fn counted(
-    n: Counted,
-    stream: tokio::net::UnixStream,
-    app: Router,
-    state: Arc<AppState>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    connection(stream, app, state, watcher).await;
-    drop(n);
-}
-
-impl Drop for SecondThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -466,18 +466,6 @@ impl PeerCheckedListener {
     pub fn new(inner: UnixListener, uid: u32) -> Self {
         PeerCheckedListener { inner, uid }
     }
-
-    /// A second listener on the same socket, with the same peer check, for a runtime on
-    /// another thread (call it on that thread, inside its runtime).
-    pub fn try_clone_std(&self) -> io::Result<std::os::unix::net::UnixListener> {
-        use std::os::fd::AsFd;
-        Ok(self.inner.as_fd().try_clone_to_owned()?.into())
-    }
-
-    /// Adopts a listener from [`try_clone_std`](Self::try_clone_std) into the current runtime.
-    pub fn from_std(l: std::os::unix::net::UnixListener, uid: u32) -> io::Result<Self> {
-        Ok(PeerCheckedListener::new(UnixListener::from_std(l)?, uid))
-    }
 }
 
 impl Listener for PeerCheckedListener {
