@@ -8,23 +8,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::future;
-use http_body_util::{BodyExt, Either, Full};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokctl_proto::{
     ApiError, ErrorCode, InvalidateRequest, InvalidateResponse, LoginRequest, LogoutRequest,
     OkResponse, SecretRequest, MAX_REQUEST_BYTES,
 };
-
-/// How long a connection may take to deliver a complete request head, counted from when
-/// the daemon starts waiting for one: a client that connects and says nothing, trickles
-/// header bytes (slowloris), or idles on a kept-alive connection is closed after this, so
-/// it cannot hold a descriptor and a task forever. Real clients send their request at once.
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `app` on every connection `listener` hands out (peer uid already checked) until
 /// `shutdown` completes, then lets requests in flight finish.
@@ -33,7 +23,8 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// disables hyper's header read timeout, and it offers no way to set one or to cap the
 /// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
 ///
-/// Each connection is a task of its own; the runtime's workers share them (see `main`).
+/// Each connection is a task of its own (`tokctld_http`); the runtime's workers share them
+/// (see `main`).
 pub async fn serve(
     mut listener: crate::socket::PeerCheckedListener,
     app: Router,
@@ -41,6 +32,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::serve::Listener;
+    let api = tokctld_http::Api::new(state, app);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -48,165 +40,9 @@ pub async fn serve(
             c = listener.accept() => c,
             () = &mut shutdown => break,
         };
-        tokio::spawn(connection(
-            stream,
-            app.clone(),
-            state.clone(),
-            graceful.watcher(),
-        ));
+        api.spawn(stream, graceful.watcher());
     }
     graceful.shutdown().await;
-}
-
-/// One connection: hyper's HTTP/1.1 server with the head cap, [`HEADER_READ_TIMEOUT`]
-/// kept by a [`Quiet`] watch, and `GET /v1/token` answered before the router.
-///
-/// `GET /v1/token`, the hot endpoint, is answered here before the router (`state` is the
-/// router's state): the router's per-request matching, extractors and boxing were a
-/// measurable share of a cached-token answer's CPU time. Same handler code, so the same
-/// status codes and JSON as through the router; the peer check and size cap apply as
-/// before, since they sit in the listener and the connection builder.
-async fn connection(
-    stream: tokio::net::UnixStream,
-    app: Router,
-    state: Arc<AppState>,
-    graceful: hyper_util::server::graceful::Watcher,
-) {
-    use hyper_util::rt::TokioIo;
-    let router = hyper_util::service::TowerToHyperService::new(app);
-    let quiet = Arc::new(Quiet::new());
-    let q = quiet.clone();
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let busy = Busy::new(&q);
-        let token = req.method() == axum::http::Method::GET && req.uri().path() == "/v1/token";
-        if token {
-            // A remembered query with a usable token: answered without a future of its
-            // own. The general one below holds every state of a refresh (kilobytes), and
-            // hyper moves it into place for each request.
-            if let Some(b) = state.engine.cached_answer(req.uri().query().unwrap_or("")) {
-                return future::Either::Left(future::ready(Ok::<_, Infallible>(tracked(
-                    json_answer(b),
-                    busy,
-                ))));
-            }
-        }
-        let st = state.clone();
-        // A GET /v1/token keeps only its URI; every other request goes to the router.
-        let routed = if token {
-            Err(req.into_parts().0.uri)
-        } else {
-            Ok(hyper::service::Service::call(&router, req))
-        };
-        future::Either::Right(Box::pin(async move {
-            let r = match routed {
-                Ok(r) => r.await?.map(Either::Right),
-                Err(uri) => match token_body(&st, uri.query()).await {
-                    Ok(b) => json_answer(b),
-                    Err(e) => e.into_response().map(Either::Right),
-                },
-            };
-            Ok(tracked(r, busy))
-        }))
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        // The whole request head must fit in this (hyper answers 431 otherwise); bodies
-        // are capped separately by `DefaultBodyLimit`.
-        .max_buf_size(MAX_REQUEST_BYTES)
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        biased;
-        r = graceful.watch(conn) => {
-            if let Err(e) = r {
-                tracing::debug!("connection ended: {e}");
-            }
-        }
-        () = quiet.expired() => tracing::debug!(
-            "closed a connection that sent no complete request within {}s",
-            HEADER_READ_TIMEOUT.as_secs()
-        ),
-    }
-}
-
-/// A `GET /v1/token` answer. Not boxed into an axum `Body`: one allocation less per answer.
-fn json_answer(b: Bytes) -> Response<Either<Full<Bytes>, Body>> {
-    let mut r = Response::new(Either::Left(Full::new(b)));
-    r.headers_mut().insert(header::CONTENT_TYPE, JSON);
-    r
-}
-
-/// The answer to one request on a [`Quiet`] connection, busy until hyper has sent its whole
-/// body and drops it: a login streams its progress in the body for minutes.
-fn tracked(
-    r: Response<Either<Full<Bytes>, Body>>,
-    busy: Busy,
-) -> Response<impl hyper::body::Body<Data = Bytes, Error = axum::BoxError> + Send + 'static> {
-    r.map(|b| {
-        b.map_frame(move |f| {
-            let _ = &busy;
-            f
-        })
-    })
-}
-
-/// When a connection last answered a request, and whether one is being answered now: the
-/// header read timeout, kept per connection with one timer that fires at most every
-/// [`HEADER_READ_TIMEOUT`] instead of hyper's, which re-arms a timer for every request
-/// (about 4 % of the daemon's instructions per cached-token answer).
-struct Quiet {
-    /// When the connection opened; `last` counts from here.
-    opened: tokio::time::Instant,
-    /// Milliseconds from `opened` to the end of the last answer (0: none yet).
-    last: std::sync::atomic::AtomicU64,
-    /// Requests whose head has arrived and whose answer is not yet complete.
-    busy: AtomicUsize,
-}
-
-impl Quiet {
-    fn new() -> Self {
-        Quiet {
-            opened: tokio::time::Instant::now(),
-            last: 0.into(),
-            busy: 0.into(),
-        }
-    }
-
-    /// Completes once the connection has been waiting [`HEADER_READ_TIMEOUT`] for a
-    /// complete request head: since it opened, or since its last answer. A request being
-    /// answered (a login can take minutes) is never cut off.
-    async fn expired(&self) {
-        loop {
-            let last = self.opened + std::time::Duration::from_millis(self.last.load(Relaxed));
-            let now = tokio::time::Instant::now();
-            let due = last + HEADER_READ_TIMEOUT;
-            if self.busy.load(Relaxed) > 0 {
-                tokio::time::sleep_until(now + HEADER_READ_TIMEOUT).await;
-            } else if now >= due {
-                return;
-            } else {
-                tokio::time::sleep_until(due).await;
-            }
-        }
-    }
-}
-
-/// One request being answered on a [`Quiet`] connection, from its head to the end of its
-/// answer's body; dropping it marks the answer done.
-struct Busy(Arc<Quiet>);
-
-impl Busy {
-    fn new(q: &Arc<Quiet>) -> Self {
-        q.busy.fetch_add(1, Relaxed);
-        Busy(q.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let q = &self.0;
-        let ms = q.opened.elapsed().as_millis();
-        q.last.store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
-        q.busy.fetch_sub(1, Relaxed);
-    }
 }
 
 /// Shared state of the API handlers.
@@ -217,6 +53,16 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Reloads the config from disk (also used by SIGHUP).
     pub reload: Box<dyn Fn() -> Result<usize, String> + Send + Sync>,
+}
+
+impl tokctld_http::Tokens for AppState {
+    fn cached(&self, query: &str) -> Option<Bytes> {
+        self.engine.cached_answer(query)
+    }
+
+    fn answer(self: Arc<Self>, uri: axum::http::Uri) -> tokctld_http::TokenFuture {
+        Box::pin(async move { token(State(self), RawQuery(uri.query().map(str::to_owned))).await })
+    }
 }
 
 /// An API error as an HTTP response.

@@ -1,0 +1,215 @@
+//! tokctld's HTTP/1.1 connections on its Unix socket: hyper's server with the request-head
+//! cap, a per-connection header read timeout, and cached `GET /v1/token` answers given
+//! before the router.
+//!
+//! A crate of its own so that it can be built at `opt-level = 3` while the daemon is built
+//! for size (see the workspace's `Cargo.toml`). Hyper's connection code is generic over the
+//! service and the stream, so it is compiled in the crate that names them: in the daemon it
+//! was size-optimised whatever hyper's own setting. Here, a cached-token answer took 35 %
+//! fewer instructions (docs/benchmarks.md), and the daemon grew by far less than the 2.5 MB
+//! of building all of it for speed.
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, Method, Response, Uri};
+use axum::Router;
+use futures_util::future;
+use http_body_util::{BodyExt, Either, Full};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a connection may take to deliver a complete request head, counted from when
+/// the daemon starts waiting for one: a client that connects and says nothing, trickles
+/// header bytes (slowloris), or idles on a kept-alive connection is closed after this, so
+/// it cannot hold a descriptor and a task forever. Real clients send their request at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to a `GET /v1/token` that has to wait (a refresh) or fails.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// How the daemon answers `GET /v1/token`, the hot endpoint.
+pub trait Tokens: Send + Sync + 'static {
+    /// The JSON body for the query string `query` when it can be given at once (a usable
+    /// cached token); `None` sends the request to [`Tokens::answer`].
+    fn cached(&self, query: &str) -> Option<Bytes>;
+
+    /// The whole answer otherwise: a refresh, or an error.
+    fn answer(self: Arc<Self>, uri: Uri) -> TokenFuture;
+}
+
+/// What every connection is served with: the token answers and the router for all other
+/// requests.
+#[derive(Clone)]
+pub struct Api {
+    tokens: Arc<dyn Tokens>,
+    router: Router,
+}
+
+impl Api {
+    /// `GET /v1/token` goes to `tokens`, everything else to `router`.
+    pub fn new(tokens: Arc<dyn Tokens>, router: Router) -> Self {
+        Api { tokens, router }
+    }
+
+    /// Serves `stream` on a task of its own until the client closes it, it stays quiet for
+    /// [`HEADER_READ_TIMEOUT`], or `graceful` shuts down (requests in flight finish).
+    pub fn spawn(
+        &self,
+        stream: tokio::net::UnixStream,
+        graceful: hyper_util::server::graceful::Watcher,
+    ) {
+        tokio::spawn(connection(stream, self.clone(), graceful));
+    }
+}
+
+/// The body of every answer: a token's JSON as it is, or whatever the router made.
+type AnswerBody = Either<Full<Bytes>, Body>;
+
+/// One connection.
+///
+/// `GET /v1/token` is answered here before the router: the router's per-request matching,
+/// extractors and boxing were a measurable share of a cached-token answer's CPU time.
+async fn connection(
+    stream: tokio::net::UnixStream,
+    api: Api,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    use hyper_util::rt::TokioIo;
+    let Api { tokens, router } = api;
+    let router = hyper_util::service::TowerToHyperService::new(router);
+    let quiet = Arc::new(Quiet::new());
+    let q = quiet.clone();
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let busy = Busy::new(&q);
+        let token = req.method() == Method::GET && req.uri().path() == "/v1/token";
+        if token {
+            // Answered without a future of its own: the general one below is boxed, and
+            // hyper moves the service future into place for each request.
+            if let Some(b) = tokens.cached(req.uri().query().unwrap_or("")) {
+                return future::Either::Left(future::ready(Ok::<_, Infallible>(tracked(
+                    json_answer(b),
+                    busy,
+                ))));
+            }
+        }
+        // A GET /v1/token keeps only its URI; every other request goes to the router.
+        let r: Pin<Box<dyn Future<Output = Response<AnswerBody>> + Send>> = if token {
+            let answer = tokens.clone().answer(req.into_parts().0.uri);
+            Box::pin(async move { answer.await.map(Either::Right) })
+        } else {
+            let routed = hyper::service::Service::call(&router, req);
+            Box::pin(async move {
+                match routed.await {
+                    Ok(r) => r.map(Either::Right),
+                    Err(e) => match e {},
+                }
+            })
+        };
+        future::Either::Right(async move { Ok(tracked(r.await, busy)) })
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        // The whole request head must fit in this (hyper answers 431 otherwise); bodies
+        // are capped separately by the router.
+        .max_buf_size(tokctl_proto::MAX_REQUEST_BYTES)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        biased;
+        r = graceful.watch(conn) => {
+            if let Err(e) = r {
+                tracing::debug!("connection ended: {e}");
+            }
+        }
+        () = quiet.expired() => tracing::debug!(
+            "closed a connection that sent no complete request within {}s",
+            HEADER_READ_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The `content-type` of a token answer.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A `GET /v1/token` answer. Not boxed into an axum `Body`: one allocation less per answer.
+fn json_answer(b: Bytes) -> Response<AnswerBody> {
+    let mut r = Response::new(Either::Left(Full::new(b)));
+    r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    r
+}
+
+/// The answer to one request on a [`Quiet`] connection, busy until hyper has sent its whole
+/// body and drops it: a login streams its progress in the body for minutes.
+fn tracked(
+    r: Response<AnswerBody>,
+    busy: Busy,
+) -> Response<impl hyper::body::Body<Data = Bytes, Error = axum::BoxError> + Send + 'static> {
+    r.map(|b| {
+        b.map_frame(move |f| {
+            let _ = &busy;
+            f
+        })
+    })
+}
+
+/// When a connection last answered a request, and whether one is being answered now: the
+/// header read timeout, kept per connection with one timer that fires at most every
+/// [`HEADER_READ_TIMEOUT`] instead of hyper's, which re-arms a timer for every request
+/// (about 4 % of the daemon's instructions per cached-token answer).
+struct Quiet {
+    /// When the connection opened; `last` counts from here.
+    opened: tokio::time::Instant,
+    /// Milliseconds from `opened` to the end of the last answer (0: none yet).
+    last: AtomicU64,
+    /// Requests whose head has arrived and whose answer is not yet complete.
+    busy: AtomicUsize,
+}
+
+impl Quiet {
+    fn new() -> Self {
+        Quiet {
+            opened: tokio::time::Instant::now(),
+            last: 0.into(),
+            busy: 0.into(),
+        }
+    }
+
+    /// Completes once the connection has been waiting [`HEADER_READ_TIMEOUT`] for a
+    /// complete request head: since it opened, or since its last answer. A request being
+    /// answered (a login can take minutes) is never cut off.
+    async fn expired(&self) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last.load(Relaxed));
+            let now = tokio::time::Instant::now();
+            let due = last + HEADER_READ_TIMEOUT;
+            if self.busy.load(Relaxed) > 0 {
+                tokio::time::sleep_until(now + HEADER_READ_TIMEOUT).await;
+            } else if now >= due {
+                return;
+            } else {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+}
+
+/// One request being answered on a [`Quiet`] connection, from its head to the end of its
+/// answer's body; dropping it marks the answer done.
+struct Busy(Arc<Quiet>);
+
+impl Busy {
+    fn new(q: &Arc<Quiet>) -> Self {
+        q.busy.fetch_add(1, Relaxed);
+        Busy(q.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let q = &self.0;
+        let ms = q.opened.elapsed().as_millis();
+        q.last.store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
+        q.busy.fetch_sub(1, Relaxed);
+    }
+}
