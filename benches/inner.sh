@@ -161,8 +161,7 @@ until [ -S "$W/bare.sock" ]; do sleep 0.01; done
 : > "$R/load.jsonl"
 modes=keepalive
 [ "$QUICK" = 1 ] || modes="keepalive reconnect"
-# Warm-up, not recorded: the first busy spell starts tokctld's second serving thread, and
-# both servers grow their buffers and allocator arenas once.
+# Warm-up, not recorded: both servers grow their buffers and allocator caches once.
 for s in "$SOCK" "$W/bare.sock"; do
     $B load "$s" "/v1/token?profile=ci&min_ttl=30" 64 0.5 keepalive >/dev/null
 done

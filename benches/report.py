@@ -88,7 +88,7 @@ if proc:
 # 2. throughput
 md.append("## 2. Socket throughput\n")
 md.append(
-    "`GET /v1/token` answered from the cache by tokctld (one runtime thread), against a bare "
+    "`GET /v1/token` answered from the cache by tokctld (two tokio workers), against a bare "
     "hyper HTTP/1.1 server on a Unix socket answering a same-size JSON body on a 2-thread tokio "
     "runtime (the transport ceiling), same load generator. `keepalive`: each connection sends "
     "requests back to back; `reconnect`: a new connection per request, as `tokctl get` does. "

@@ -63,8 +63,8 @@ fn dispatch(argv: &[&str]) -> Result<Option<serde_json::Value>, Error> {
     }))
 }
 
-/// Two worker threads: the bare server may use both cores of a 2-core machine, which the
-/// daemon (one runtime thread) does not, so the ceiling is not lowered to the daemon's shape.
+/// Two worker threads, as the daemon has: the bare server may use both cores of a 2-core
+/// machine, so the ceiling is the transport's, not that of a smaller runtime.
 fn rt() -> Result<tokio::runtime::Runtime, Error> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
