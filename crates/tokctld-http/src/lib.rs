@@ -96,19 +96,21 @@ async fn connection(
             }
         }
         // A GET /v1/token keeps only its URI; every other request goes to the router.
-        let r: Pin<Box<dyn Future<Output = Response<AnswerBody>> + Send>> = if token {
-            let answer = tokens.clone().answer(req.into_parts().0.uri);
-            Box::pin(async move { answer.await.map(Either::Right) })
+        let routed = if token {
+            Err(tokens.clone().answer(req.into_parts().0.uri))
         } else {
-            let routed = hyper::service::Service::call(&router, req);
-            Box::pin(async move {
-                match routed.await {
+            Ok(hyper::service::Service::call(&router, req))
+        };
+        future::Either::Right(Box::pin(async move {
+            let r = match routed {
+                Ok(r) => match r.await {
                     Ok(r) => r.map(Either::Right),
                     Err(e) => match e {},
-                }
-            })
-        };
-        future::Either::Right(async move { Ok(tracked(r.await, busy)) })
+                },
+                Err(answer) => answer.await.map(Either::Right),
+            };
+            Ok(tracked(r, busy))
+        }))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         // The whole request head must fit in this (hyper answers 431 otherwise); bodies
@@ -129,8 +131,8 @@ async fn connection(
     }
 }
 
-/// The `content-type` of a token answer.
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// The `content-type` of a token answer, here and from the daemon's router.
+pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A `GET /v1/token` answer. Not boxed into an axum `Body`: one allocation less per answer.
 fn json_answer(b: Bytes) -> Response<AnswerBody> {

@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::login;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -118,16 +118,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `GET /v1/token` through the router (for HEAD; GET is answered in [`serve`]).
+/// `GET /v1/token` through the router (for HEAD; GET is answered in `tokctld_http`).
 async fn token(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
     match token_body(&st, q.as_deref()).await {
-        Ok(b) => ([(header::CONTENT_TYPE, JSON)], b).into_response(),
+        Ok(b) => ([(header::CONTENT_TYPE, tokctld_http::JSON)], b).into_response(),
         Err(e) => e.into_response(),
     }
 }
-
-/// The `content-type` of every JSON answer.
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The answer body (JSON) to `GET /v1/token` with query string `q`: the cached token's
 /// answer, serialized when the token was cached.
