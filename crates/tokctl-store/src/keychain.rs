@@ -16,10 +16,13 @@
 //! When a call fails with a platform failure (the provider restarted and forgot our
 //! session, the bus went away), the thread rebuilds the store and retries the call once,
 //! so a long-running daemon recovers from a keyring restart without being restarted.
+//!
+//! On Linux the thread also remembers the Secret Service path of each item it writes, so a
+//! rotation's write is one D-Bus call instead of two (see `item_paths`).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::item_paths::ItemPaths;
 use crate::{SecretKey, StoreError, SERVICE};
 
 /// Builds the platform store; runs on the keychain thread, again after a platform failure.
@@ -41,6 +45,25 @@ struct Ctx {
     make: MakeStore,
     /// Whether the store accepts a `label` modifier (Secret Service does, the mock does not).
     label: bool,
+    /// Paths of items written before, for direct writes; `None` where the store has none.
+    items: Option<ItemPaths>,
+    /// An item just written through keyring-core, whose path to find once the writer has
+    /// its answer.
+    learn: Option<SecretKey>,
+}
+
+impl Ctx {
+    /// Finds the path of the item last written through keyring-core, for direct writes.
+    fn learn_pending(&mut self) {
+        let (Some(key), Some(store), Some(items)) =
+            (self.learn.take(), &self.store, &mut self.items)
+        else {
+            return;
+        };
+        if let Ok(entry) = entry(store, self.label, &key) {
+            items.learn(&key.username(), &entry);
+        }
+    }
 }
 
 /// How much a keychain is trusted to have stored what a successful write call was given.
@@ -63,6 +86,8 @@ type Job = Box<dyn FnOnce(&mut Ctx) + Send + 'static>;
 struct WorkerState {
     /// When the job now running started; `None` while idle.
     busy_since: Mutex<Option<Instant>>,
+    /// Writes that went straight to a remembered item path.
+    direct_writes: AtomicU64,
 }
 
 impl WorkerState {
@@ -105,6 +130,7 @@ impl Keychain {
         description: String,
         label: bool,
         verify: Verify,
+        direct_writes: bool,
         timeout: Duration,
     ) -> Result<Keychain, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -113,7 +139,10 @@ impl Keychain {
         let worker_state = state.clone();
         std::thread::Builder::new()
             .name("tokctl-keychain".into())
-            .spawn(move || worker(make, label, open_tx, rx, &worker_state))
+            .spawn(move || {
+                let items = direct_writes.then(ItemPaths::default);
+                worker(make, label, items, open_tx, rx, &worker_state)
+            })
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the keychain thread: {e}"))
             })?;
@@ -138,10 +167,23 @@ impl Keychain {
         &self.description
     }
 
-    /// Runs `f` on the keychain thread and waits for its result, at most `self.timeout`.
+    /// What `Store::direct_writes` reports.
+    pub(crate) fn direct_writes(&self) -> u64 {
+        self.state.direct_writes.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` through [`Ctx::run`] on the keychain thread; see [`Keychain::call_ctx`].
     async fn call<T: Send + 'static>(
         &self,
         f: impl Fn(&Arc<CredentialStore>, bool) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call_ctx(move |ctx| ctx.run(&f)).await
+    }
+
+    /// Runs `f` on the keychain thread and waits for its result, at most `self.timeout`.
+    async fn call_ctx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         if let Some(since) = self.state.busy_since() {
             let stuck = since.elapsed();
@@ -160,7 +202,7 @@ impl Keychain {
             if tx.is_closed() {
                 return;
             }
-            let _ = tx.send(ctx.run(&f));
+            let _ = tx.send(f(ctx));
         });
         self.jobs.send(job).map_err(|_| {
             StoreError::Unavailable(format!(
@@ -190,7 +232,8 @@ impl Keychain {
         .await
     }
 
-    /// Writes a secret; with [`Verify::ReadBack`] then reads it back and compares.
+    /// Writes a secret: straight to its item when its path is known, else through
+    /// keyring-core (with [`Verify::ReadBack`] then read back and compared).
     pub(crate) async fn set(
         &self,
         key: &SecretKey,
@@ -199,29 +242,22 @@ impl Keychain {
         let key = key.clone();
         let value = value.clone();
         let verify = self.verify;
-        self.call(move |store, label| {
-            let entry = entry(store, label, &key)?;
-            entry
-                .set_secret(value.expose_secret().as_bytes())
-                .map_err(|e| map_error(e, &key, "writing"))?;
-            if verify == Verify::TrustReply {
-                return Ok(());
-            }
-            let back = match entry.get_secret() {
-                Ok(b) => Zeroizing::new(b),
-                Err(KError::NoEntry) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "the {key} was written to the keychain but cannot be found when read back"
-                    )))
+        let state = self.state.clone();
+        self.call_ctx(move |ctx| {
+            let secret = value.expose_secret().as_bytes();
+            if let Some(items) = &mut ctx.items {
+                if items.write(&key.username(), secret) {
+                    state.direct_writes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
                 }
-                Err(e) => return Err(map_error(e, &key, "reading back")),
-            };
-            if back.as_slice() != value.expose_secret().as_bytes() {
-                return Err(StoreError::Corrupt(format!(
-                    "the {key} read back from the keychain differs from what was written"
-                )));
             }
-            Ok(())
+            let written = ctx.run(&|store, label| {
+                write_checked(&entry(store, label, &key)?, &key, secret, verify)
+            });
+            if written.is_ok() && ctx.items.is_some() {
+                ctx.learn = Some(key);
+            }
+            written
         })
         .await
     }
@@ -229,16 +265,52 @@ impl Keychain {
     /// Deletes a secret; `false` when there was none.
     pub(crate) async fn delete(&self, key: &SecretKey) -> Result<bool, StoreError> {
         let key = key.clone();
-        self.call(move |store, label| {
-            let entry = entry(store, label, &key)?;
-            match entry.delete_credential() {
-                Ok(()) => Ok(true),
-                Err(KError::NoEntry) => Ok(false),
-                Err(e) => Err(map_error(e, &key, "deleting")),
+        self.call_ctx(move |ctx| {
+            if let Some(items) = &mut ctx.items {
+                items.forget(&key.username());
             }
+            ctx.run(&|store, label| {
+                let entry = entry(store, label, &key)?;
+                match entry.delete_credential() {
+                    Ok(()) => Ok(true),
+                    Err(KError::NoEntry) => Ok(false),
+                    Err(e) => Err(map_error(e, &key, "deleting")),
+                }
+            })
         })
         .await
     }
+}
+
+/// Writes `secret` through keyring-core; with [`Verify::ReadBack`] then reads it back and
+/// compares.
+fn write_checked(
+    entry: &Entry,
+    key: &SecretKey,
+    secret: &[u8],
+    verify: Verify,
+) -> Result<(), StoreError> {
+    entry
+        .set_secret(secret)
+        .map_err(|e| map_error(e, key, "writing"))?;
+    if verify == Verify::TrustReply {
+        return Ok(());
+    }
+    let back = match entry.get_secret() {
+        Ok(b) => Zeroizing::new(b),
+        Err(KError::NoEntry) => {
+            return Err(StoreError::Corrupt(format!(
+                "the {key} was written to the keychain but cannot be found when read back"
+            )))
+        }
+        Err(e) => return Err(map_error(e, key, "reading back")),
+    };
+    if back.as_slice() != secret {
+        return Err(StoreError::Corrupt(format!(
+            "the {key} read back from the keychain differs from what was written"
+        )));
+    }
+    Ok(())
 }
 
 /// One keychain operation: gets the store and whether to set labels.
@@ -295,6 +367,7 @@ fn entry(store: &Arc<CredentialStore>, label: bool, key: &SecretKey) -> Result<E
 fn worker(
     make: MakeStore,
     label: bool,
+    items: Option<ItemPaths>,
     open_tx: oneshot::Sender<Result<(), StoreError>>,
     rx: mpsc::Receiver<Job>,
     state: &WorkerState,
@@ -314,12 +387,15 @@ fn worker(
         store: Some(store),
         make,
         label,
+        items,
+        learn: None,
     };
     while let Ok(job) = rx.recv() {
         state.set_busy(Some(Instant::now()));
         // A panicking store must not take the thread down; the job's reply sender is dropped
         // in the unwind, which its caller sees as a failed call.
         let _ = catch_unwind(AssertUnwindSafe(|| job(&mut ctx)));
+        let _ = catch_unwind(AssertUnwindSafe(|| ctx.learn_pending()));
         state.set_busy(None);
     }
 }
@@ -453,6 +529,7 @@ pub(crate) async fn open_platform(timeout: Duration) -> Result<Keychain, StoreEr
         description.to_owned(),
         label,
         Verify::TrustReply,
+        cfg!(target_os = "linux"),
         timeout,
     )
     .await;

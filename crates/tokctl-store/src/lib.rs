@@ -17,6 +17,11 @@
 
 mod error;
 mod file;
+#[cfg(target_os = "linux")]
+mod item_paths;
+#[cfg(not(target_os = "linux"))]
+#[path = "item_paths_none.rs"]
+mod item_paths;
 mod key;
 mod keychain;
 
@@ -109,6 +114,7 @@ impl Store {
             description.into(),
             false,
             keychain::Verify::ReadBack,
+            false,
             timeout,
         )
         .await?;
@@ -160,6 +166,15 @@ impl Store {
         match &*self.inner {
             Inner::Keychain(k) => k.describe().to_owned(),
             Inner::File(f) => format!("file ({})", f.path().display()),
+        }
+    }
+
+    /// How many writes went straight to an item whose Secret Service path was remembered
+    /// (one D-Bus call instead of two); always 0 for other stores.
+    pub fn direct_writes(&self) -> u64 {
+        match &*self.inner {
+            Inner::Keychain(k) => k.direct_writes(),
+            Inner::File(_) => 0,
         }
     }
 }

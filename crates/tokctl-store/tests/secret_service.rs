@@ -304,6 +304,74 @@ fn secret_service_end_to_end() {
         .count();
     assert_eq!(items, 1, "one item after a rotation: {listing}");
 
+    // The first write created the item through keyring-core; later ones (the rotation
+    // above, this one) go straight to its remembered path (one D-Bus call).
+    assert_eq!(store.direct_writes(), 1, "the rotation went direct");
+    rt.block_on(store.set(&rt_key, &SecretString::from("R2b")))
+        .unwrap();
+    assert_eq!(store.direct_writes(), 2);
+    assert_eq!(lookup(&env, "work:refresh_token").as_deref(), Some("R2b"));
+    assert_eq!(
+        rt.block_on(store.get(&rt_key))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "R2b"
+    );
+
+    // The item deleted behind our back and another one created after it: the remembered
+    // path is not written blindly into someone else's item; the write recreates ours.
+    let out = secret_tool(
+        &env,
+        &[
+            "clear",
+            "service",
+            "tokctl",
+            "username",
+            "work:refresh_token",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = secret_tool(
+        &env,
+        &[
+            "store",
+            "--label=another app",
+            "service",
+            "other",
+            "username",
+            "bystander",
+        ],
+        Some("bystander-secret"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    rt.block_on(store.set(&rt_key, &SecretString::from("R2")))
+        .unwrap();
+    assert_eq!(
+        store.direct_writes(),
+        2,
+        "a deleted item's path is not written"
+    );
+    assert_eq!(lookup(&env, "work:refresh_token").as_deref(), Some("R2"));
+    let bystander = secret_tool(
+        &env,
+        &["lookup", "service", "other", "username", "bystander"],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&bystander.stdout),
+        "bystander-secret"
+    );
+    rt.block_on(store.set(&rt_key, &SecretString::from("R2")))
+        .unwrap();
+    assert_eq!(
+        store.direct_writes(),
+        3,
+        "the recreated item's path was learned"
+    );
+    assert_eq!(lookup(&env, "work:refresh_token").as_deref(), Some("R2"));
+
     // What secret-tool stores, the store reads.
     let out = secret_tool(
         &env,
@@ -423,7 +491,7 @@ fn secret_service_end_to_end() {
         data: data2,
         run: run2,
     };
-    let _keyring2 = start_keyring(&env2);
+    let keyring2 = start_keyring(&env2);
     rt.block_on(async {
         assert!(
             store.get(&rt_key).await.unwrap().is_none(),
@@ -432,6 +500,60 @@ fn secret_service_end_to_end() {
         store.set(&rt_key, &SecretString::from("R3")).await.unwrap();
     });
     assert_eq!(lookup(&env2, "work:refresh_token").as_deref(), Some("R3"));
+    let direct = store.direct_writes();
+    rt.block_on(store.set(&rt_key, &SecretString::from("R4")))
+        .unwrap();
+    assert_eq!(store.direct_writes(), direct + 1);
+    assert_eq!(lookup(&env2, "work:refresh_token").as_deref(), Some("R4"));
+
+    // 8. The keyring restarts while a path is remembered, and the new one hands out the same
+    //    item paths to other items: the next write must not land in any of them.
+    drop(keyring2);
+    wait_name_released(&env.addr);
+    let (data3, run3) = (tmp.path().join("data3"), tmp.path().join("run3"));
+    std::fs::create_dir(&data3).unwrap();
+    std::fs::create_dir(&run3).unwrap();
+    std::fs::set_permissions(&run3, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let env3 = Env {
+        addr: env.addr.clone(),
+        data: data3,
+        run: run3,
+    };
+    let _keyring3 = start_keyring(&env3);
+    for i in 0..8 {
+        let out = secret_tool(
+            &env3,
+            &[
+                "store",
+                "--label=another app",
+                "service",
+                "other",
+                "username",
+                &format!("b{i}"),
+            ],
+            Some(&format!("bystander-{i}")),
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    rt.block_on(store.set(&rt_key, &SecretString::from("R5")))
+        .unwrap();
+    assert_eq!(lookup(&env3, "work:refresh_token").as_deref(), Some("R5"));
+    for i in 0..8 {
+        let out = secret_tool(
+            &env3,
+            &["lookup", "service", "other", "username", &format!("b{i}")],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("bystander-{i}")
+        );
+    }
+    assert_eq!(
+        store.direct_writes(),
+        direct + 1,
+        "no direct write across a restart"
+    );
 }
 
 /// Waits until a killed provider's bus name is released, so the next check sees its absence.
