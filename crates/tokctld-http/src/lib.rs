@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Method, Response, Uri};
 use axum::Router;
 use futures_util::future;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -143,16 +143,37 @@ fn json_answer(b: Bytes) -> Response<AnswerBody> {
 
 /// The answer to one request on a [`Quiet`] connection, busy until hyper has sent its whole
 /// body and drops it: a login streams its progress in the body for minutes.
-fn tracked(
-    r: Response<AnswerBody>,
-    busy: Busy,
-) -> Response<impl hyper::body::Body<Data = Bytes, Error = axum::BoxError> + Send + 'static> {
-    r.map(|b| {
-        b.map_frame(move |f| {
-            let _ = &busy;
-            f
-        })
-    })
+fn tracked(r: Response<AnswerBody>, busy: Busy) -> Response<Tracked> {
+    r.map(|body| Tracked { body, _busy: busy })
+}
+
+/// An answer's body holding its connection's [`Busy`]. Not `BodyExt::map_frame`: that
+/// hides the body's size from hyper, which then chunks every token answer (a hex chunk
+/// size formatted per answer, ~370 instructions, and more bytes for the client to parse)
+/// instead of sending a `Content-Length`.
+struct Tracked {
+    body: AnswerBody,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// When a connection last answered a request, and whether one is being answered now: the
@@ -213,5 +234,64 @@ impl Drop for Busy {
         let ms = q.opened.elapsed().as_millis();
         q.last.store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
         q.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one query from "cache"; anything else waits for nothing and fails.
+    struct OneToken;
+
+    impl Tokens for OneToken {
+        fn cached(&self, query: &str) -> Option<Bytes> {
+            (query == "profile=p").then(|| Bytes::from_static(br#"{"access_token":"t"}"#))
+        }
+
+        fn answer(self: Arc<Self>, _uri: Uri) -> TokenFuture {
+            Box::pin(async {
+                let mut r = Response::new(Body::from(r#"{"error":"not_found"}"#));
+                *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+                r
+            })
+        }
+    }
+
+    /// The raw response head and body to `request` on a fresh connection.
+    async fn exchange(request: &str) -> String {
+        let (client, server) = tokio::net::UnixStream::pair().unwrap();
+        let router = Router::new().route("/v1/status", axum::routing::get(|| async { "up" }));
+        let shutdown = hyper_util::server::graceful::GracefulShutdown::new();
+        Api::new(Arc::new(OneToken), router).spawn(server, shutdown.watcher());
+        let mut client = client;
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap().to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn sized_answers_carry_a_content_length_not_chunks() {
+        for (request, body) in [
+            (
+                "GET /v1/token?profile=p HTTP/1.1\r\nconnection: close\r\n\r\n",
+                r#"{"access_token":"t"}"#,
+            ),
+            (
+                "GET /v1/token?profile=q HTTP/1.1\r\nconnection: close\r\n\r\n",
+                r#"{"error":"not_found"}"#,
+            ),
+            ("GET /v1/status HTTP/1.1\r\nconnection: close\r\n\r\n", "up"),
+        ] {
+            let r = exchange(request).await;
+            assert!(
+                r.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+                "{r}"
+            );
+            assert!(!r.contains("transfer-encoding"), "{r}");
+            assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{r}");
+        }
     }
 }
