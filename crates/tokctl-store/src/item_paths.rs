@@ -33,7 +33,13 @@ pub(crate) struct ItemPaths {
     session: Option<SecretService<'static>>,
     /// Item path by keychain username (`profile:kind`).
     paths: HashMap<String, OwnedObjectPath>,
+    /// Direct writes that failed since the last one that worked. A provider that refuses
+    /// every one would otherwise cost a failed call, a search and a new session per write.
+    failures: u32,
 }
+
+/// After this many direct writes in a row fail, the thread stops learning paths.
+const GIVE_UP_AFTER: u32 = 3;
 
 impl ItemPaths {
     /// Writes `secret` to the item remembered for `user`; false when none is remembered
@@ -49,6 +55,9 @@ impl ItemPaths {
     /// the session for direct writes if there is none (a Diffie-Hellman exchange, ~6 ms of
     /// CPU, which is why this runs after the write's caller has its answer).
     pub(crate) fn learn(&mut self, user: &str, entry: &Entry) {
+        if self.failures >= GIVE_UP_AFTER {
+            return;
+        }
         let Ok(cred) = entry.get_credential() else {
             return;
         };
@@ -80,12 +89,15 @@ impl ItemPaths {
         let written = session
             .get_item_by_path(path)
             .and_then(|item| item.set_secret(secret, CONTENT_TYPE));
-        if written.is_err() {
-            // The provider restarted, the item went away or got locked: start over, and let
-            // keyring-core find out which and say so.
-            self.session = None;
-            self.paths.clear();
+        if written.is_ok() {
+            self.failures = 0;
+            return true;
         }
-        written.is_ok()
+        // The provider restarted, the item went away or got locked: start over, and let
+        // keyring-core find out which and say so.
+        self.session = None;
+        self.paths.clear();
+        self.failures += 1;
+        false
     }
 }
