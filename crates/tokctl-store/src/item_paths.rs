@@ -2,8 +2,8 @@
 //!
 //! keyring-core writes a secret with a `SearchItems` for the item and then its `SetSecret`:
 //! two round trips to the provider, each ~0.45 ms with gnome-keyring even for a `Ping`.
-//! A rotation writes the same item again and again, so after a write through keyring-core
-//! the keychain thread looks up the item's path (once the caller has its answer) and later
+//! A rotation writes the same item again and again, so after a refresh token is written
+//! through keyring-core the keychain thread looks up the item's path (once the caller has its answer) and later
 //! writes send the `SetSecret` alone, on a Secret Service session of its own
 //! (keyring-core's is private). keyring-core still does everything else: reads, deletes,
 //! creating items, and every write whose direct path fails.

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::item_paths::ItemPaths;
-use crate::{SecretKey, StoreError, SERVICE};
+use crate::{SecretKey, SecretKind, StoreError, SERVICE};
 
 /// Builds the platform store; runs on the keychain thread, again after a platform failure.
 pub(crate) type MakeStore =
@@ -254,7 +254,9 @@ impl Keychain {
             let written = ctx.run(&|store, label| {
                 write_checked(&entry(store, label, &key)?, &key, secret, verify)
             });
-            if written.is_ok() && ctx.items.is_some() {
+            // Refresh tokens only: they are rewritten at every rotation, client secrets
+            // hardly ever, and a daemon that never rotates then opens no second session.
+            if written.is_ok() && ctx.items.is_some() && key.kind == SecretKind::RefreshToken {
                 ctx.learn = Some(key);
             }
             written

@@ -394,6 +394,15 @@ fn secret_service_end_to_end() {
         "from secret-tool"
     );
 
+    // Client secrets are rarely rewritten: no paths are learned for them.
+    let direct = store.direct_writes();
+    for v in ["S1", "S2"] {
+        rt.block_on(store.set(&cs_key, &SecretString::from(v)))
+            .unwrap();
+    }
+    assert_eq!(store.direct_writes(), direct);
+    assert_eq!(lookup(&env, "work:client_secret").as_deref(), Some("S2"));
+
     rt.block_on(async {
         assert!(store.delete(&cs_key).await.unwrap());
         assert!(!store.delete(&cs_key).await.unwrap());
