@@ -307,9 +307,7 @@ fn secret_service_end_to_end() {
     // The first write created the item through keyring-core; later ones (the rotation
     // above, this one) go straight to its remembered path (one D-Bus call).
     assert_eq!(store.direct_writes(), 1, "the rotation went direct");
-    rt.block_on(store.set(&rt_key, &SecretString::from("R2b")))
-        .unwrap();
-    assert_eq!(store.direct_writes(), 2);
+    assert_eq!(rotate(&rt, &store, "R2b"), 2);
     assert_eq!(lookup(&env, "work:refresh_token").as_deref(), Some("R2b"));
     assert_eq!(
         rt.block_on(store.get(&rt_key))
@@ -333,40 +331,16 @@ fn secret_service_end_to_end() {
         None,
     );
     assert!(out.status.success(), "{out:?}");
-    let out = secret_tool(
-        &env,
-        &[
-            "store",
-            "--label=another app",
-            "service",
-            "other",
-            "username",
-            "bystander",
-        ],
-        Some("bystander-secret"),
-    );
-    assert!(out.status.success(), "{out:?}");
-    rt.block_on(store.set(&rt_key, &SecretString::from("R2")))
-        .unwrap();
+    store_other_app_secret(&env, "bystander", "bystander-secret");
     assert_eq!(
-        store.direct_writes(),
+        rotate(&rt, &store, "R2"),
         2,
         "a deleted item's path is not written"
     );
     assert_eq!(lookup(&env, "work:refresh_token").as_deref(), Some("R2"));
-    let bystander = secret_tool(
-        &env,
-        &["lookup", "service", "other", "username", "bystander"],
-        None,
-    );
+    assert_eq!(other_app_secret(&env, "bystander"), "bystander-secret");
     assert_eq!(
-        String::from_utf8_lossy(&bystander.stdout),
-        "bystander-secret"
-    );
-    rt.block_on(store.set(&rt_key, &SecretString::from("R2")))
-        .unwrap();
-    assert_eq!(
-        store.direct_writes(),
+        rotate(&rt, &store, "R2"),
         3,
         "the recreated item's path was learned"
     );
@@ -491,15 +465,7 @@ fn secret_service_end_to_end() {
     ));
 
     // 7. A new provider starts (a keyring restart): the same store reconnects by itself.
-    let (data2, run2) = (tmp.path().join("data2"), tmp.path().join("run2"));
-    std::fs::create_dir(&data2).unwrap();
-    std::fs::create_dir(&run2).unwrap();
-    std::fs::set_permissions(&run2, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let env2 = Env {
-        addr: env.addr.clone(),
-        data: data2,
-        run: run2,
-    };
+    let env2 = fresh_keyring_dirs(tmp.path(), &env.addr, 2);
     let keyring2 = start_keyring(&env2);
     rt.block_on(async {
         assert!(
@@ -510,59 +476,80 @@ fn secret_service_end_to_end() {
     });
     assert_eq!(lookup(&env2, "work:refresh_token").as_deref(), Some("R3"));
     let direct = store.direct_writes();
-    rt.block_on(store.set(&rt_key, &SecretString::from("R4")))
-        .unwrap();
-    assert_eq!(store.direct_writes(), direct + 1);
+    assert_eq!(rotate(&rt, &store, "R4"), direct + 1);
     assert_eq!(lookup(&env2, "work:refresh_token").as_deref(), Some("R4"));
 
     // 8. The keyring restarts while a path is remembered, and the new one hands out the same
     //    item paths to other items: the next write must not land in any of them.
     drop(keyring2);
     wait_name_released(&env.addr);
-    let (data3, run3) = (tmp.path().join("data3"), tmp.path().join("run3"));
-    std::fs::create_dir(&data3).unwrap();
-    std::fs::create_dir(&run3).unwrap();
-    std::fs::set_permissions(&run3, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let env3 = Env {
-        addr: env.addr.clone(),
-        data: data3,
-        run: run3,
-    };
+    let env3 = fresh_keyring_dirs(tmp.path(), &env.addr, 3);
     let _keyring3 = start_keyring(&env3);
     for i in 0..8 {
-        let out = secret_tool(
-            &env3,
-            &[
-                "store",
-                "--label=another app",
-                "service",
-                "other",
-                "username",
-                &format!("b{i}"),
-            ],
-            Some(&format!("bystander-{i}")),
-        );
-        assert!(out.status.success(), "{out:?}");
-    }
-    rt.block_on(store.set(&rt_key, &SecretString::from("R5")))
-        .unwrap();
-    assert_eq!(lookup(&env3, "work:refresh_token").as_deref(), Some("R5"));
-    for i in 0..8 {
-        let out = secret_tool(
-            &env3,
-            &["lookup", "service", "other", "username", &format!("b{i}")],
-            None,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("bystander-{i}")
-        );
+        store_other_app_secret(&env3, &format!("b{i}"), &format!("bystander-{i}"));
     }
     assert_eq!(
-        store.direct_writes(),
+        rotate(&rt, &store, "R5"),
         direct + 1,
         "no direct write across a restart"
     );
+    assert_eq!(lookup(&env3, "work:refresh_token").as_deref(), Some("R5"));
+    for i in 0..8 {
+        assert_eq!(
+            other_app_secret(&env3, &format!("b{i}")),
+            format!("bystander-{i}")
+        );
+    }
+}
+
+/// Data and runtime directories for the `n`th keyring on the bus at `addr`.
+fn fresh_keyring_dirs(tmp: &Path, addr: &str, n: u32) -> Env {
+    let (data, run) = (tmp.join(format!("data{n}")), tmp.join(format!("run{n}")));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    Env {
+        addr: addr.to_owned(),
+        data,
+        run,
+    }
+}
+
+/// Writes the refresh token of profile `work`; how many writes have gone direct since.
+fn rotate(rt: &tokio::runtime::Runtime, store: &Store, value: &str) -> u64 {
+    rt.block_on(store.set(
+        &SecretKey::refresh_token("work"),
+        &SecretString::from(value),
+    ))
+    .unwrap();
+    store.direct_writes()
+}
+
+/// Stores a secret as another application would, under service `other`.
+fn store_other_app_secret(env: &Env, username: &str, secret: &str) {
+    let out = secret_tool(
+        env,
+        &[
+            "store",
+            "--label=another app",
+            "service",
+            "other",
+            "username",
+            username,
+        ],
+        Some(secret),
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// What [`store_other_app_secret`] stored for `username`.
+fn other_app_secret(env: &Env, username: &str) -> String {
+    let out = secret_tool(
+        env,
+        &["lookup", "service", "other", "username", username],
+        None,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits until a killed provider's bus name is released, so the next check sees its absence.
