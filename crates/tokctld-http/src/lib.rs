@@ -242,7 +242,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Answers one query from "cache"; anything else waits for nothing and fails.
+    /// Answers one query from "cache" and every other with a 404.
     struct OneToken;
 
     impl Tokens for OneToken {
@@ -261,11 +261,16 @@ mod tests {
 
     /// The raw response head and body to `request` on a fresh connection.
     async fn exchange(request: &str) -> String {
-        let (client, server) = tokio::net::UnixStream::pair().unwrap();
-        let router = Router::new().route("/v1/status", axum::routing::get(|| async { "up" }));
+        let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+        let stream = || async {
+            let parts = ["a\n", "b\n"].map(Ok::<_, Infallible>);
+            Body::from_stream(futures_util::stream::iter(parts))
+        };
+        let router = Router::new()
+            .route("/v1/status", axum::routing::get(|| async { "up" }))
+            .route("/v1/stream", axum::routing::get(stream));
         let shutdown = hyper_util::server::graceful::GracefulShutdown::new();
         Api::new(Arc::new(OneToken), router).spawn(server, shutdown.watcher());
-        let mut client = client;
         client.write_all(request.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
@@ -273,7 +278,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sized_answers_carry_a_content_length_not_chunks() {
+    async fn sized_answers_carry_a_content_length_and_streams_are_chunked() {
         for (request, body) in [
             (
                 "GET /v1/token?profile=p HTTP/1.1\r\nconnection: close\r\n\r\n",
@@ -293,5 +298,9 @@ mod tests {
             assert!(!r.contains("transfer-encoding"), "{r}");
             assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{r}");
         }
+        // A streamed answer (a login's events) has no size and stays chunked.
+        let r = exchange("GET /v1/stream HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+        assert!(r.contains("\r\ntransfer-encoding: chunked\r\n"), "{r}");
+        assert!(r.contains("a\n") && r.contains("b\n"), "{r}");
     }
 }
