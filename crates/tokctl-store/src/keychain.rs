@@ -52,20 +52,6 @@ struct Ctx {
     learn: Option<SecretKey>,
 }
 
-impl Ctx {
-    /// Finds the path of the item last written through keyring-core, for direct writes.
-    fn learn_pending(&mut self) {
-        let (Some(key), Some(store), Some(items)) =
-            (self.learn.take(), &self.store, &mut self.items)
-        else {
-            return;
-        };
-        if let Ok(entry) = entry(store, self.label, &key) {
-            items.learn(&key.username(), &entry);
-        }
-    }
-}
-
 /// How much a keychain is trusted to have stored what a successful write call was given.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Verify {
@@ -319,6 +305,18 @@ fn write_checked(
 type Op<'a, T> = &'a dyn Fn(&Arc<CredentialStore>, bool) -> Result<T, StoreError>;
 
 impl Ctx {
+    /// Finds the path of the item last written through keyring-core, for direct writes.
+    fn learn_pending(&mut self) {
+        let (Some(key), Some(store), Some(items)) =
+            (self.learn.take(), &self.store, &mut self.items)
+        else {
+            return;
+        };
+        if let Ok(entry) = entry(store, self.label, &key) {
+            items.learn(&key.username(), &entry);
+        }
+    }
+
     /// Runs one operation; after a platform failure, rebuilds the store and retries once.
     fn run<T>(&mut self, op: Op<'_, T>) -> Result<T, StoreError> {
         if let Some(store) = &self.store {

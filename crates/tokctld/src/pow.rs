@@ -4,8 +4,9 @@
 //! (it weighs task poll times once per batch), which runs the daemon's own runtime and
 //! zbus's private one for the keychain. Loading libm for that one function cost 0.5–0.6 MiB
 //! of resident memory in an idle daemon (issue #8; libm's pages are mapped in 64 KiB
-//! fault-around blocks), a sixth of the whole budget. A `pow` defined in the executable satisfies the reference, so the
-//! linker (`--as-needed`) drops libm. The body is the `libm` crate's, Rust's port of musl's.
+//! fault-around blocks), a sixth of the whole budget. A `pow` defined in the executable
+//! satisfies the reference, so the linker (`--as-needed`) drops libm. The body is the
+//! `libm` crate's, Rust's port of musl's.
 
 /// `double pow(double x, double y)`: `x` raised to the power `y`.
 #[allow(unsafe_code)] // `no_mangle` exports a C symbol: the point of this module.

@@ -21,7 +21,8 @@ use tokctl_proto::{
 ///
 /// Our own loop rather than `axum::serve`: axum 0.8 gives hyper no timer, which silently
 /// disables hyper's header read timeout, and it offers no way to set one or to cap the
-/// request head. HTTP/1.1 only: every tokctl client speaks HTTP/1.1.
+/// request head (`tokctld_http` does both). HTTP/1.1 only: every tokctl client speaks
+/// HTTP/1.1.
 ///
 /// Each connection is a task of its own (`tokctld_http`); the runtime's workers share them
 /// (see `main`).
@@ -118,7 +119,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `GET /v1/token` through the router (for HEAD; GET is answered in `tokctld_http`).
+/// `GET /v1/token` when the answer is not a cached token (a refresh, or an error):
+/// `tokctld_http` calls it through `Tokens::answer`. A `HEAD` reaches it through the router.
 async fn token(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
     match token_body(&st, q.as_deref()).await {
         Ok(b) => ([(header::CONTENT_TYPE, tokctld_http::JSON)], b).into_response(),
